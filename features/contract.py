@@ -1,0 +1,521 @@
+"""The data contract: file layout, column names and the ONE set of validation rules.
+
+Two layers, each with one job:
+
+* **Shape and types** (`pandera`): required columns present, values coercible to their types.
+  Used for files (`ontrack validate`, `load_cohort`), where anything can arrive.
+* **Content rules** (`SESSION_RULES`, driven by the instrument registry): score in range, known
+  instrument, duplicate sessions, dates going backwards, ... Plain vectorised functions over a
+  typed frame, run by `check_sessions`. Files run them after the pandera layer; the prediction
+  service runs the very same functions on each request (its pydantic schema already did the
+  types), so a rule is written once and holds everywhere.
+
+Every violation is collected (never only the first) into one `ValidationReport`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from features.instruments import ADAPTATIONS, REGISTRY
+
+# --------------------------------------------------------------------------------------------
+# Columns (other tools rely on these names)
+# --------------------------------------------------------------------------------------------
+SESSION_REQUIRED = ("client_id", "session", "instrument", "score")
+SESSION_OPTIONAL = ("date", "clinic_id", "therapist_id")
+MAX_ITEMS = max(i.n_items for i in REGISTRY.values())
+CLIENT_REQUIRED = ("client_id", "end_status")
+END_STATUSES = ("finished", "dropout", "ongoing")
+ADAPTATION_REQUIRED = ("client_id", "session", "adaptation")
+
+SESSIONS_FILE, CLIENTS_FILE, ADAPTATIONS_FILE = "sessions", "clients", "adaptations"
+
+
+def item_columns(frame: pd.DataFrame) -> list[str]:
+    """Item columns present in a frame, in item order."""
+    present = [c for c in frame.columns if c.startswith("item_") and c[5:].isdigit()]
+    return sorted(present, key=lambda c: int(c[5:]))
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Violation:
+    table: str  # sessions | clients | adaptations
+    rule: str  # machine-readable rule name, e.g. "score_out_of_range"
+    column: str
+    message: str  # human-readable, names the value and the rule
+    row: int | None = None  # 1-based data row (header excluded); None for whole-file problems
+    value: object = None
+
+
+@dataclass
+class ValidationReport:
+    violations: list[Violation] = field(default_factory=list)
+    n_rows: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def extend(self, items: Iterable[Violation]) -> None:
+        self.violations.extend(items)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for v in self.violations:
+            out[v.rule] = out.get(v.rule, 0) + 1
+        return out
+
+    def as_text(self, limit: int | None = None) -> str:
+        lines = [
+            f"{v.table}" + (f" row {v.row}" if v.row is not None else "") + f": {v.message}"
+            for v in self.violations[:limit]
+        ]
+        if limit is not None and len(self.violations) > limit:
+            lines.append(f"... and {len(self.violations) - limit} more")
+        return "\n".join(lines)
+
+
+class InvalidDataError(ValueError):
+    """Raised when data break the contract; carries the full report."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        self.report = report
+        n = len(report.violations)
+        super().__init__(f"{n} contract violation{'s' if n != 1 else ''}:\n{report.as_text(20)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Content rules (shared by files and the API)
+# --------------------------------------------------------------------------------------------
+_RANGES = pd.DataFrame(
+    {
+        "score_min": {c: i.score_min for c, i in REGISTRY.items()},
+        "score_max": {c: i.score_max for c, i in REGISTRY.items()},
+        "item_min": {c: i.item_min for c, i in REGISTRY.items()},
+        "item_max": {c: i.item_max for c, i in REGISTRY.items()},
+        "n_items": {c: i.n_items for c, i in REGISTRY.items()},
+        "integer": {c: i.integer_scores for c, i in REGISTRY.items()},
+        "sums": {c: i.integer_scores and i.item_max * i.n_items == i.score_max
+                 for c, i in REGISTRY.items()},
+    }
+)
+
+
+def _lookup(instrument: pd.Series, column: str) -> np.ndarray:
+    """Registry value per row (NaN for unknown instruments)."""
+    return instrument.map(_RANGES[column]).to_numpy(dtype=float, na_value=np.nan)
+
+
+def _fmt(x: object) -> str:
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    column: str
+    description: str
+    bad: Callable[[pd.DataFrame], np.ndarray]  # boolean mask of offending rows
+    message: Callable[[pd.Series], str]  # message for one offending row
+
+
+def _client_missing(f: pd.DataFrame) -> np.ndarray:
+    ids = f["client_id"]
+    return (ids.isna() | (ids.astype("string").str.strip() == "")).to_numpy(dtype=bool)
+
+
+def _session_invalid(f: pd.DataFrame) -> np.ndarray:
+    s = f["session"]
+    return (s.isna() | (s < 1)).to_numpy(dtype=bool)
+
+
+def _instrument_unknown(f: pd.DataFrame) -> np.ndarray:
+    return ~f["instrument"].isin(REGISTRY.keys()).to_numpy(dtype=bool)
+
+
+def _score_missing(f: pd.DataFrame) -> np.ndarray:
+    return f["score"].isna().to_numpy(dtype=bool)
+
+
+def _score_out_of_range(f: pd.DataFrame) -> np.ndarray:
+    s = f["score"].to_numpy(dtype=float, na_value=np.nan)
+    lo, hi = _lookup(f["instrument"], "score_min"), _lookup(f["instrument"], "score_max")
+    with np.errstate(invalid="ignore"):
+        return (s < lo) | (s > hi)
+
+
+def _score_not_integer(f: pd.DataFrame) -> np.ndarray:
+    s = f["score"].to_numpy(dtype=float, na_value=np.nan)
+    integer = _lookup(f["instrument"], "integer") == 1
+    with np.errstate(invalid="ignore"):
+        return integer & np.isfinite(s) & (s != np.round(s))
+
+
+def _item_rules() -> list[Rule]:
+    rules = []
+    for k in range(1, MAX_ITEMS + 1):
+        col = f"item_{k}"
+
+        def bad_range(f: pd.DataFrame, col: str = col, k: int = k) -> np.ndarray:
+            if col not in f.columns:
+                return np.zeros(len(f), dtype=bool)
+            v = f[col].to_numpy(dtype=float, na_value=np.nan)
+            lo, hi = _lookup(f["instrument"], "item_min"), _lookup(f["instrument"], "item_max")
+            n = _lookup(f["instrument"], "n_items")
+            with np.errstate(invalid="ignore"):
+                beyond = np.isfinite(v) & (k > n)  # item given that the instrument lacks
+                return beyond | (v < lo) | (v > hi)
+
+        rules.append(
+            Rule(
+                name="item_out_of_range",
+                column=col,
+                description=f"{col} must lie in the instrument's item range "
+                "and exist on that instrument",
+                bad=bad_range,
+                message=lambda r, col=col: (
+                    f"{col} = {_fmt(r[col])} is not a valid item answer for {r['instrument']} "
+                    f"(rule: item_out_of_range)"
+                ),
+            )
+        )
+    return rules
+
+
+def _items_do_not_sum(f: pd.DataFrame) -> np.ndarray:
+    cols = item_columns(f)
+    if not cols:
+        return np.zeros(len(f), dtype=bool)
+    items = f[cols].to_numpy(dtype=float, na_value=np.nan)
+    n = _lookup(f["instrument"], "n_items")
+    sums = _lookup(f["instrument"], "sums") == 1
+    idx = np.arange(1, len(cols) + 1)
+    col_k = np.array([int(c[5:]) for c in cols])
+    del idx
+    within = col_k[None, :] <= np.nan_to_num(n, nan=0)[:, None]
+    answered = np.where(within, np.isfinite(items), False).sum(axis=1)
+    complete = sums & (answered == np.nan_to_num(n, nan=-1))
+    total = np.where(within, np.nan_to_num(items, nan=0.0), 0.0).sum(axis=1)
+    s = f["score"].to_numpy(dtype=float, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        return complete & np.isfinite(s) & (np.abs(total - s) > 1e-9)
+
+
+def _duplicate_session(f: pd.DataFrame) -> np.ndarray:
+    return f.duplicated(["client_id", "session", "instrument"], keep=False).to_numpy(dtype=bool)
+
+
+def _date_backwards(f: pd.DataFrame) -> np.ndarray:
+    """A later session dated before an earlier one of the same client."""
+    if "date" not in f.columns or f["date"].isna().all():
+        return np.zeros(len(f), dtype=bool)
+    d = f[["client_id", "session", "date"]].dropna()
+    d = d.assign(_t=d["date"].astype("int64")).sort_values(["client_id", "session"], kind="stable")
+    prev_max = d.groupby("client_id", sort=False)["_t"].cummax().groupby(d["client_id"]).shift(1)
+    back = (d["_t"] < prev_max).to_numpy(dtype=bool)
+    out = np.zeros(len(f), dtype=bool)
+    out[f.index.get_indexer(d.index[back])] = True
+    return out
+
+
+SESSION_RULES: tuple[Rule, ...] = (
+    Rule("client_id_missing", "client_id", "client_id must be present",
+         _client_missing, lambda r: "client_id is missing (rule: client_id_missing)"),
+    Rule("session_invalid", "session", "session must be an integer >= 1 (1 = intake)",
+         _session_invalid,
+         lambda r: f"session = {_fmt(r['session'])} must be an integer >= 1 (rule: session_invalid)"),
+    Rule("instrument_unknown", "instrument", "instrument must be a registry code",
+         _instrument_unknown,
+         lambda r: f"instrument {r['instrument']!r} is not in the instrument registry "
+         f"(known: {', '.join(REGISTRY)}) (rule: instrument_unknown)"),
+    Rule("score_missing", "score", "score must be a number", _score_missing,
+         lambda r: "score is missing or not a number (rule: score_missing)"),
+    Rule("score_out_of_range", "score", "score must lie in the instrument's range",
+         _score_out_of_range,
+         lambda r: f"score = {_fmt(r['score'])} is out of range for {r['instrument']} "
+         f"({_fmt(REGISTRY[r['instrument']].score_min)}-{_fmt(REGISTRY[r['instrument']].score_max)})"
+         " (rule: score_out_of_range)"),
+    Rule("score_not_integer", "score", "sum-scored instruments have integer totals",
+         _score_not_integer,
+         lambda r: f"score = {r['score']} is not a whole number, but {r['instrument']} "
+         "totals are sums of integer items (rule: score_not_integer)"),
+    *_item_rules(),
+    Rule("items_do_not_sum", "score", "when every item is given, the items sum to the score",
+         _items_do_not_sum,
+         lambda r: f"score = {_fmt(r['score'])} differs from the sum of the "
+         f"{r['instrument']} items (rule: items_do_not_sum)"),
+    Rule("duplicate_session", "session",
+         "one score per client, session and instrument", _duplicate_session,
+         lambda r: f"duplicate session: client {r['client_id']} has more than one "
+         f"{r['instrument']} score at session {_fmt(r['session'])} (rule: duplicate_session)"),
+    Rule("date_backwards", "date", "dates never go backwards as sessions increase",
+         _date_backwards,
+         lambda r: f"date {str(r['date'])[:10]} of session {_fmt(r['session'])} is earlier than an "
+         f"earlier session's date for client {r['client_id']} (rule: date_backwards)"),
+)
+
+
+def check_sessions(frame: pd.DataFrame, table: str = "sessions",
+                   max_per_rule: int = 1000) -> list[Violation]:
+    """Run every content rule on a typed sessions frame; return every violation.
+
+    Expects the columns of the contract with their types (client_id string, session integer,
+    instrument string, score float, date datetime). Rows are reported 1-based in frame order.
+    """
+    frame = frame.reset_index(drop=True)
+    out: list[Violation] = []
+    for rule in SESSION_RULES:
+        bad = rule.bad(frame)
+        rows = np.flatnonzero(bad)
+        if not len(rows):
+            continue
+        for i in rows[:max_per_rule]:
+            row = frame.iloc[i]
+            out.append(Violation(table, rule.name, rule.column, rule.message(row), int(i) + 1,
+                                 _plain(row.get(rule.column))))
+        if len(rows) > max_per_rule:
+            out.append(Violation(table, rule.name, rule.column,
+                                 f"... and {len(rows) - max_per_rule} more rows break "
+                                 f"{rule.name} (listing stops at {max_per_rule} per rule)"))
+    return out
+
+
+def _plain(v: object) -> object:
+    if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+# --------------------------------------------------------------------------------------------
+# Shape and types (pandera), for files
+# --------------------------------------------------------------------------------------------
+def _schema(required: Iterable[str], types: dict[str, object], name: str) -> pa.DataFrameSchema:
+    columns = {c: pa.Column(t, nullable=True, coerce=True, required=c in required)
+               for c, t in types.items()}
+    return pa.DataFrameSchema(columns, name=name, strict=False)
+
+
+_SESSION_TYPES: dict[str, object] = {
+    "client_id": "string",
+    "session": "Int64",
+    "instrument": "string",
+    "score": "float64",
+    "date": "datetime64[ns]",
+    "clinic_id": "string",
+    "therapist_id": "string",
+    **{f"item_{k}": "float64" for k in range(1, MAX_ITEMS + 1)},
+}
+SESSIONS_SCHEMA = _schema(SESSION_REQUIRED, _SESSION_TYPES, "sessions")
+CLIENTS_SCHEMA = _schema(CLIENT_REQUIRED, {"client_id": "string", "end_status": "string"},
+                         "clients")
+ADAPTATIONS_SCHEMA = _schema(ADAPTATION_REQUIRED, {"client_id": "string", "session": "Int64",
+                                                   "adaptation": "string"}, "adaptations")
+
+
+def _coerce(frame: pd.DataFrame, schema: pa.DataFrameSchema, table: str
+            ) -> tuple[pd.DataFrame, list[Violation]]:
+    """Check required columns and coerce types; cells that do not coerce become missing and
+    are reported (the content rules then skip them rather than report them twice)."""
+    missing = [c for c, col in schema.columns.items() if col.required and c not in frame.columns]
+    if missing:
+        return frame, [Violation(table, "column_missing", c,
+                                 f"required column {c!r} is missing (rule: column_missing)")
+                       for c in missing]
+    out: list[Violation] = []
+    frame = frame.reset_index(drop=True).copy()
+    try:
+        return schema.validate(frame, lazy=True), out
+    except pa.errors.SchemaErrors as err:
+        cases = err.failure_cases
+    seen: set[tuple[int, str]] = set()
+    for _, case in cases.iterrows():
+        col = case["column"]
+        if case["index"] is None or pd.isna(case["index"]):
+            continue
+        if (int(case["index"]), col) in seen:
+            continue
+        seen.add((int(case["index"]), col))
+        out.append(Violation(table, "wrong_type", col,
+                             f"{col} = {case['failure_case']!r} cannot be read as "
+                             f"{schema.columns[col].dtype} (rule: wrong_type)",
+                             int(case["index"]) + 1, case["failure_case"]))
+    for col, spec in schema.columns.items():
+        if col not in frame.columns:
+            continue
+        kind = str(spec.dtype)
+        if kind.startswith("datetime"):
+            frame[col] = pd.to_datetime(frame[col], errors="coerce")
+        elif kind in {"Int64", "float64"}:
+            num = pd.to_numeric(frame[col], errors="coerce")
+            if kind == "Int64":
+                num = num.where(num == np.round(num))
+            frame[col] = num.astype(kind)
+        else:
+            frame[col] = frame[col].astype("string")
+    return frame, out
+
+
+# --------------------------------------------------------------------------------------------
+# Cohorts
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Cohort:
+    """A validated cohort. `clients` and `adaptations` may be empty frames."""
+
+    sessions: pd.DataFrame
+    clients: pd.DataFrame
+    adaptations: pd.DataFrame
+    source: Path | None = None
+
+    @property
+    def n_clients(self) -> int:
+        return int(self.sessions["client_id"].nunique())
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for ext in (".parquet", ".csv"):
+        p = folder / f"{stem}{ext}"
+        if p.exists():
+            return p
+    return None
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path, dtype={"client_id": "string", "clinic_id": "string",
+                                    "therapist_id": "string", "instrument": "string"},
+                       keep_default_na=True)
+
+
+def validate_frames(sessions: pd.DataFrame, clients: pd.DataFrame | None = None,
+                    adaptations: pd.DataFrame | None = None) -> tuple[Cohort, ValidationReport]:
+    """Validate raw frames (as read from files). Returns the typed cohort and the full report."""
+    report = ValidationReport()
+    report.n_rows["sessions"] = len(sessions)
+    sessions, shape = _coerce(sessions, SESSIONS_SCHEMA, "sessions")
+    report.extend(shape)
+    if not any(v.rule == "column_missing" for v in shape):
+        typed_bad = {(v.row, v.column) for v in shape}
+        report.extend(v for v in check_sessions(sessions)
+                      if (v.row, v.column) not in typed_bad)
+    if clients is None:
+        clients = pd.DataFrame({"client_id": pd.Series(dtype="string"),
+                                "end_status": pd.Series(dtype="string")})
+    else:
+        report.n_rows["clients"] = len(clients)
+        clients, shape = _coerce(clients, CLIENTS_SCHEMA, "clients")
+        report.extend(shape)
+        if not shape:
+            report.extend(_check_clients(clients, sessions))
+    if adaptations is None:
+        adaptations = pd.DataFrame({c: pd.Series(dtype="string") for c in ADAPTATION_REQUIRED})
+    else:
+        report.n_rows["adaptations"] = len(adaptations)
+        adaptations, shape = _coerce(adaptations, ADAPTATIONS_SCHEMA, "adaptations")
+        report.extend(shape)
+        if not shape:
+            report.extend(_check_adaptations(adaptations, sessions))
+    return Cohort(sessions, clients, adaptations), report
+
+
+def _rows(mask: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(mask)
+
+
+def _check_clients(clients: pd.DataFrame, sessions: pd.DataFrame) -> list[Violation]:
+    out = []
+    ids = clients["client_id"]
+    for i in _rows((ids.isna() | (ids.str.strip() == "")).to_numpy(dtype=bool)):
+        out.append(Violation("clients", "client_id_missing", "client_id",
+                             "client_id is missing (rule: client_id_missing)", i + 1))
+    for i in _rows(ids.duplicated(keep=False).to_numpy(dtype=bool)):
+        out.append(Violation("clients", "duplicate_client", "client_id",
+                             f"duplicate client: {ids.iloc[i]} appears more than once "
+                             "(rule: duplicate_client)", i + 1, ids.iloc[i]))
+    status = clients["end_status"]
+    for i in _rows(~status.isin(END_STATUSES).to_numpy(dtype=bool)):
+        out.append(Violation("clients", "end_status_invalid", "end_status",
+                             f"end_status {status.iloc[i]!r} must be one of "
+                             f"{', '.join(END_STATUSES)} (rule: end_status_invalid)", i + 1,
+                             _plain(status.iloc[i])))
+    known = set(ids.dropna())
+    orphan = ~sessions["client_id"].isin(known).to_numpy(dtype=bool) & sessions[
+        "client_id"].notna().to_numpy(dtype=bool)
+    for i in _rows(orphan):
+        out.append(Violation("sessions", "client_not_in_clients", "client_id",
+                             f"client {sessions['client_id'].iloc[i]} has sessions but no row "
+                             "in clients (rule: client_not_in_clients)", i + 1,
+                             sessions["client_id"].iloc[i]))
+    return out
+
+
+def _check_adaptations(adaptations: pd.DataFrame, sessions: pd.DataFrame) -> list[Violation]:
+    out = []
+    code = adaptations["adaptation"]
+    for i in _rows(~code.isin(ADAPTATIONS).to_numpy(dtype=bool)):
+        out.append(Violation("adaptations", "adaptation_unknown", "adaptation",
+                             f"adaptation {code.iloc[i]!r} must be one of "
+                             f"{', '.join(ADAPTATIONS)} (rule: adaptation_unknown)", i + 1,
+                             _plain(code.iloc[i])))
+    s = adaptations["session"]
+    for i in _rows((s.isna() | (s < 1)).to_numpy(dtype=bool)):
+        out.append(Violation("adaptations", "session_invalid", "session",
+                             f"session = {s.iloc[i]} must be an integer >= 1 "
+                             "(rule: session_invalid)", i + 1, _plain(s.iloc[i])))
+    unknown = ~adaptations["client_id"].isin(set(sessions["client_id"].dropna()))
+    for i in _rows(unknown.to_numpy(dtype=bool)):
+        out.append(Violation("adaptations", "client_not_in_sessions", "client_id",
+                             f"client {adaptations['client_id'].iloc[i]} has an adaptation but "
+                             "no sessions (rule: client_not_in_sessions)", i + 1))
+    return out
+
+
+def validate_path(path: str | Path) -> tuple[Cohort, ValidationReport]:
+    """Validate a cohort folder or a single sessions file."""
+    path = Path(path)
+    if path.is_dir():
+        spath = _find(path, SESSIONS_FILE)
+        if spath is None:
+            report = ValidationReport([Violation("sessions", "file_missing", "",
+                                                 f"no sessions.csv or sessions.parquet in {path}")])
+            empty = pd.DataFrame(columns=list(SESSION_REQUIRED))
+            return Cohort(empty, empty, empty, path), report
+        cpath, apath = _find(path, CLIENTS_FILE), _find(path, ADAPTATIONS_FILE)
+    elif path.exists():
+        spath, cpath, apath = path, None, None
+    else:
+        raise FileNotFoundError(path)
+    cohort, report = validate_frames(
+        read_table(spath),
+        read_table(cpath) if cpath else None,
+        read_table(apath) if apath else None,
+    )
+    cohort.source = path
+    if cpath is None:
+        report.warnings.append("no clients file: end status unknown (outcome rates that need it "
+                               "are left out)")
+    return cohort, report
+
+
+def load_cohort(path: str | Path) -> Cohort:
+    """Validated cohort, or `InvalidDataError` with the full report. Nothing runs on bad data."""
+    cohort, report = validate_path(path)
+    if not report.ok:
+        raise InvalidDataError(report)
+    return cohort
