@@ -161,7 +161,10 @@ def nhs_summary(sessions: pd.DataFrame) -> dict[str, float] | None:
                          finished["gad_last"])
     at_case = flags[flags["caseness"].to_numpy()]
     n = len(at_case)
-    rate = (lambda c: float(at_case[c].mean()) if n else float("nan"))
+
+    def rate(column: str) -> float:
+        return float(at_case[column].mean()) if n else float("nan")
+
     return {
         "finished_courses": float(len(finished)),
         "at_caseness": float(n),

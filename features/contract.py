@@ -202,9 +202,7 @@ def _items_do_not_sum(f: pd.DataFrame) -> np.ndarray:
     items = f[cols].to_numpy(dtype=float, na_value=np.nan)
     n = _lookup(f["instrument"], "n_items")
     sums = _lookup(f["instrument"], "sums") == 1
-    idx = np.arange(1, len(cols) + 1)
     col_k = np.array([int(c[5:]) for c in cols])
-    del idx
     within = col_k[None, :] <= np.nan_to_num(n, nan=0)[:, None]
     answered = np.where(within, np.isfinite(items), False).sum(axis=1)
     complete = sums & (answered == np.nan_to_num(n, nan=-1))

@@ -1,0 +1,42 @@
+"""Structured logging with a redaction guard: client data never reaches a log.
+
+Called by entry points (the CLI, the service) only; importing this module configures nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+# Keys that could carry client data. Any event carrying one has its value replaced.
+REDACTED_KEYS = frozenset(
+    {"client_id", "client", "clients", "score", "scores", "items", "history", "sessions",
+     "body", "request", "payload", "free_text", "note", "notes", "date", "dates"}
+)
+
+
+def redact(_logger, _method, event_dict: dict) -> dict:
+    for key in list(event_dict):
+        if key in REDACTED_KEYS:
+            event_dict[key] = "[redacted]"
+    return event_dict
+
+
+def configure_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            redact,
+            structlog.dev.ConsoleRenderer() if sys.stderr.isatty()
+            else structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
