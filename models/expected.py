@@ -39,30 +39,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from features.instruments import Instrument, get
-
-try:  # the colleague's point-in-time module; fall back while it is being written
-    from features import pointintime as _pit
-except ModuleNotFoundError as exc:  # pragma: no cover - depends on the tree's state
-    if exc.name != "features.pointintime":
-        raise
-    _pit = None
-
-
-def _expected_deviation_fallback(latest_score, expected_score, instrument) -> np.ndarray:
-    """Direction-aware deviation from the expected score in RCI units (positive = worse).
-
-    Private fallback used only when ``features.pointintime.expected_deviation`` is absent.
-    """
-    inst = instrument if isinstance(instrument, Instrument) else get(instrument)
-    if inst.rci is None:
-        raise ValueError(f"{inst.code} has no reliable-change threshold in the registry")
-    latest = np.asarray(latest_score, dtype=float)
-    expected = np.asarray(expected_score, dtype=float)
-    return inst.sign * (latest - expected) / inst.rci
-
-
-expected_deviation = getattr(_pit, "expected_deviation", None) or _expected_deviation_fallback
+from features.instruments import get
+from features.pointintime import expected_deviation
 
 #: Column appended by `ExpectedDeviation`.
 DEVIATION_COLUMN = "expected_deviation"

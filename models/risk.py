@@ -1,0 +1,351 @@
+"""GBMRisk: LightGBM risk of a binary outcome (not on track at the end of care, or dropout).
+
+Design (see also docs and shared/STACK.md):
+
+* **Pipeline**: feature rows (`features.pointintime.FEATURE_NAMES`) -> `ExpectedDeviation`
+  (appends ``expected_deviation``; an expected-response curve fitted on the training rows) ->
+  ``LGBMClassifier`` with monotone constraints where the clinical direction is known.
+* **Calibration**: Platt scaling of the booster's raw logit, fitted on out-of-fold raw logits
+  from folds grouped by client (`GroupKFold`; the deviation step is refitted inside each fold),
+  then ONE booster refitted on all training rows. The calibrated logit is ``a * raw + b`` with
+  ``a > 0``, so monotonicity survives and the TreeSHAP contributions scale exactly:
+  ``(a * base + b) + sum(a * phi_j) == calibrated logit``.
+* **Threshold** (`threshold_`, the ``at_risk`` flag), chosen on the out-of-fold calibrated
+  probabilities. Default rule ``"sensitivity"``: the HIGHEST threshold whose out-of-fold
+  sensitivity is at least ``min_sensitivity`` (0.80), i.e. the most specific flag that still
+  catches 4 in 5 clients who end up not improved. Rationale: a flag is a prompt for a
+  conversation (a false alarm is cheap); an unflagged client who is going wrong is the costly
+  error (Hannan et al. 2005). ``"youden"`` (maximise sensitivity + specificity - 1) is available.
+* **Minimum data**: fewer than `MIN_TRAINING_CASES` (300) clients with a known outcome raise
+  `InsufficientDataError` (Giesemann et al. 2023 found LightGBM needed about 300 training cases).
+* **Feature contract**: the fitted object stores the feature names and
+  `features.pointintime.FEATURE_VERSION`; other input is refused with a readable diff
+  (`features.pointintime.check_features`, `FeatureMismatchError`).
+
+The request path (`predict_logit`, `predict_proba`, `contributions`) uses ``booster_.predict``
+on a NumPy matrix, never the sklearn wrapper.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from lightgbm import LGBMClassifier
+from scipy.special import expit
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
+from sklearn.model_selection import GroupKFold
+from sklearn.utils.validation import check_is_fitted
+
+from features.instruments import get
+from features.pointintime import (
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    FeatureFrame,
+    FeatureMismatchError,
+    check_features,
+)
+from models.expected import DEVIATION_COLUMN, ExpectedDeviation
+
+__all__ = [
+    "MIN_TRAINING_CASES", "InsufficientDataError", "FeatureMismatchError", "GBMRisk",
+    "monotone_directions", "choose_threshold",
+]
+
+#: Giesemann et al. 2023 (n = 49,602): LightGBM needed about 300 training cases (clients).
+MIN_TRAINING_CASES = 300
+
+
+class InsufficientDataError(ValueError):
+    """Too few training cases (clients with a known outcome) to fit a model responsibly."""
+
+    def __init__(self, model: str, n_cases: int, minimum: int) -> None:
+        super().__init__(
+            f"{model} needs at least {minimum} training cases (clients with a known outcome); "
+            f"got {n_cases}. Below about {minimum} cases LightGBM risk models were not reliable "
+            "(Giesemann et al. 2023). Collect more data or use the expected-response signal only.")
+        self.n_cases = n_cases
+        self.minimum = minimum
+
+
+# ---------------------------------------------------------------------------------------------
+# Monotone directions (+1: a higher value never lowers the risk; -1: never raises it)
+# ---------------------------------------------------------------------------------------------
+_FAILED = {
+    "latest_severity": +1,
+    "change_raw": -1,
+    "change_rc": -1,
+    "change_frac": -1,
+    "early_change_rc": -1,
+    DEVIATION_COLUMN: +1,
+    "alliance_latest": -1,  # alliance quality, 1 = best (pointintime)
+    "alliance_min": -1,
+    "alliance_drop": +1,
+    "alliance_below_cutoff": +1,
+    "other_severity_latest": +1,
+}
+_DROPOUT = {
+    "alliance_latest": -1,
+    "alliance_min": -1,
+    "alliance_drop": +1,
+    "alliance_below_cutoff": +1,
+    "sessions_missed": +1,
+}
+
+
+def monotone_directions(target: str, instrument: str) -> dict[str, int]:
+    """Default monotone constraints per target. ``latest_score`` follows the instrument."""
+    if target == "failed":
+        out = dict(_FAILED)
+        out["latest_score"] = get(instrument).sign  # PHQ-9 +1, ORS -1
+        return out
+    if target == "dropped_out":
+        return dict(_DROPOUT)
+    raise ValueError(f"unknown target {target!r}; expected 'failed' or 'dropped_out'")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers (also used by models.baseline)
+# ---------------------------------------------------------------------------------------------
+def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str = "sensitivity",
+                     min_sensitivity: float = 0.80) -> float:
+    """The at-risk threshold on out-of-fold probabilities (flag when p >= threshold).
+
+    ``"sensitivity"``: highest threshold with sensitivity >= ``min_sensitivity``.
+    ``"youden"``: threshold maximising sensitivity + specificity - 1.
+    """
+    fpr, tpr, thr = roc_curve(y, p)
+    thr = np.minimum(thr, 1.0)  # the first threshold is +inf ("flag nobody")
+    if rule == "sensitivity":
+        i = int(np.flatnonzero(tpr >= min_sensitivity)[0])
+    elif rule == "youden":
+        i = int(np.argmax(tpr - fpr))
+    else:
+        raise ValueError(f"unknown threshold rule {rule!r}; expected 'sensitivity' or 'youden'")
+    return float(thr[i])
+
+
+def binary_scores(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    flag = p >= threshold
+    pos, neg = y == 1, y == 0
+    return {
+        "auc": float(roc_auc_score(y, p)),
+        "brier": float(brier_score_loss(y, p)),
+        "sensitivity": float(flag[pos].mean()),
+        "specificity": float((~flag[neg]).mean()),
+        "flag_rate": float(flag.mean()),
+        "prevalence": float(y.mean()),
+    }
+
+
+def unpack_rows(X, groups=None) -> tuple[pd.DataFrame, str, np.ndarray | None]:
+    """(feature DataFrame, feature version, groups) from a FeatureFrame or a DataFrame.
+
+    A plain DataFrame is taken to be built by the installed feature code unless it says
+    otherwise in ``X.attrs["feature_version"]``.
+    """
+    if isinstance(X, FeatureFrame):
+        if groups is None:
+            groups = X.keys["client_id"].to_numpy()
+        return X.X, X.version, groups
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(f"expected feature rows as a DataFrame or FeatureFrame; got {type(X)}")
+    return X, str(X.attrs.get("feature_version", FEATURE_VERSION)), groups
+
+
+def known_target(y, n: int) -> np.ndarray:
+    y = np.asarray(y, dtype=float).ravel()
+    if len(y) != n:
+        raise ValueError(f"y has {len(y)} values for {n} feature rows")
+    return y
+
+
+def canonical_order(groups: np.ndarray, session: np.ndarray) -> np.ndarray:
+    """Row order by (client, session): fitting does not depend on the order rows arrive in."""
+    codes = pd.factorize(pd.Series(groups), sort=True)[0]
+    return np.lexsort((session, codes))
+
+
+class _FeatureContract:
+    """Mixin: store and check the feature version and names seen at fit."""
+
+    def _remember_features(self, X: pd.DataFrame, version: str) -> None:
+        check_features(FEATURE_VERSION, FEATURE_NAMES, version, list(X.columns))
+        self.feature_version_ = version
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        self.n_features_in_ = len(self.feature_names_in_)
+
+    def _checked(self, X) -> pd.DataFrame:
+        check_is_fitted(self, "feature_names_in_")
+        frame, version, _ = unpack_rows(X)
+        check_features(self.feature_version_, list(self.feature_names_in_), version,
+                       list(frame.columns))
+        return frame
+
+
+# ---------------------------------------------------------------------------------------------
+class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
+    """LightGBM risk model with Platt calibration, exact calibrated-logit contributions and
+    an out-of-fold threshold.
+
+    ``fit(X, y, groups)``: X = feature rows (DataFrame with `FEATURE_NAMES` or a FeatureFrame),
+    y = 0/1 target per row (NaN rows are dropped), groups = client id per row (taken from
+    ``FeatureFrame.keys`` when omitted).
+    """
+
+    def __init__(self, target: str = "failed", instrument: str = "PHQ-9",
+                 features: Sequence[str] | None = None,
+                 monotone: Mapping[str, int] | None = None,
+                 n_estimators: int = 150, num_leaves: int = 15, max_depth: int = 5,
+                 learning_rate: float = 0.05, min_child_samples: int = 20,
+                 subsample: float = 0.8, colsample_bytree: float = 0.8,
+                 reg_lambda: float = 1.0, n_splits: int = 5,
+                 threshold_rule: str = "sensitivity", min_sensitivity: float = 0.80,
+                 min_training_cases: int = MIN_TRAINING_CASES,
+                 random_state: int = 0, n_jobs: int = 1):
+        self.target = target
+        self.instrument = instrument
+        self.features = features
+        self.monotone = monotone
+        self.n_estimators = n_estimators
+        self.num_leaves = num_leaves
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.min_child_samples = min_child_samples
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.n_splits = n_splits
+        self.threshold_rule = threshold_rule
+        self.min_sensitivity = min_sensitivity
+        self.min_training_cases = min_training_cases
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    # ---------------------------------------------------------------------------- fitting
+    def _model_features(self, columns: Sequence[str]) -> list[str]:
+        base = list(columns) if self.features is None else list(self.features)
+        unknown = [c for c in base if c not in columns]
+        if unknown:
+            raise ValueError(f"features not in the feature rows: {unknown}")
+        return [c for c in base if c != DEVIATION_COLUMN] + [DEVIATION_COLUMN]
+
+    def _classifier(self, names: Sequence[str]) -> LGBMClassifier:
+        directions = (monotone_directions(self.target, self.instrument)
+                      if self.monotone is None else dict(self.monotone))
+        return LGBMClassifier(
+            n_estimators=self.n_estimators, num_leaves=self.num_leaves,
+            max_depth=self.max_depth, learning_rate=self.learning_rate,
+            min_child_samples=self.min_child_samples, subsample=self.subsample,
+            subsample_freq=1 if self.subsample < 1.0 else 0,
+            colsample_bytree=self.colsample_bytree, reg_lambda=self.reg_lambda,
+            monotone_constraints=[int(directions.get(n, 0)) for n in names],
+            random_state=self.random_state, n_jobs=self.n_jobs, deterministic=True,
+            force_row_wise=True, verbose=-1)
+
+    def _fit_one(self, X: pd.DataFrame, y: np.ndarray, names: list[str]):
+        dev = ExpectedDeviation(instrument=self.instrument).fit(X)
+        M = self._matrix_with(dev, X, names)
+        clf = self._classifier(names).fit(M, y.astype(int))
+        return dev, clf
+
+    @staticmethod
+    def _matrix_with(dev: ExpectedDeviation, X: pd.DataFrame, names: list[str]) -> np.ndarray:
+        M = np.empty((len(X), len(names)))
+        M[:, :-1] = X[names[:-1]].to_numpy(dtype=float)
+        M[:, -1] = dev.deviation(X["intake_score"].to_numpy(float),
+                                 X["session"].to_numpy(float),
+                                 X["latest_score"].to_numpy(float))
+        return M
+
+    def fit(self, X, y, groups=None) -> GBMRisk:
+        frame, version, groups = unpack_rows(X, groups)
+        if groups is None:
+            raise ValueError("GBMRisk.fit needs groups (a client id per row) so that the "
+                             "calibration folds never split a client")
+        self._remember_features(frame, version)
+        names = self._model_features(list(frame.columns))
+        y = known_target(y, len(frame))
+        groups = np.asarray(groups)
+        keep = np.isfinite(y)
+        frame, y, groups = frame.loc[keep], y[keep], groups[keep]
+        n_cases = int(pd.unique(groups).size)
+        if n_cases < self.min_training_cases:
+            raise InsufficientDataError(type(self).__name__, n_cases, self.min_training_cases)
+        if not np.isin(y, (0.0, 1.0)).all() or len(np.unique(y)) < 2:
+            raise ValueError("y must be 0/1 with both classes present")
+        order = canonical_order(groups, frame["session"].to_numpy(float))
+        frame = frame.iloc[order].reset_index(drop=True)
+        y, groups = y[order], groups[order]
+
+        oof = np.empty(len(y))
+        for train, test in GroupKFold(n_splits=self.n_splits).split(frame, y, groups):
+            dev, clf = self._fit_one(frame.iloc[train], y[train], names)
+            M = self._matrix_with(dev, frame.iloc[test], names)
+            oof[test] = clf.booster_.predict(M, raw_score=True)
+
+        platt = LogisticRegression(C=np.inf).fit(oof[:, None], y.astype(int))
+        a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+        if a <= 0:
+            warnings.warn(f"out-of-fold logits do not rank the outcome (Platt slope {a:.3g}); "
+                          "slope clipped to a small positive value to keep monotonicity",
+                          stacklevel=2)
+            a = 1e-6
+        p_oof = expit(a * oof + b)
+        threshold = choose_threshold(y, p_oof, self.threshold_rule, self.min_sensitivity)
+
+        dev, clf = self._fit_one(frame, y, names)
+        self.deviation_ = dev
+        self.estimator_ = clf
+        self.booster_ = clf.booster_
+        self.feature_names_ = np.asarray(names, dtype=object)
+        self.calibration_ = (a, b)
+        self.threshold_ = threshold
+        self.classes_ = np.array([0, 1])
+        self.oof_logit_ = a * oof + b
+        self.cv_scores_ = {**binary_scores(y, p_oof, threshold), "n_rows": float(len(y)),
+                           "n_clients": float(n_cases)}
+        self.n_training_cases_ = n_cases
+        return self
+
+    # ---------------------------------------------------------------------------- request path
+    def transform_features(self, X) -> np.ndarray:
+        """The model matrix (columns `feature_names_`) for feature rows, after the checks."""
+        frame = self._checked(X)
+        return self._matrix_with(self.deviation_, frame, list(self.feature_names_))
+
+    def predict_logit(self, X) -> np.ndarray:
+        """Calibrated log-odds ``a * raw + b``."""
+        check_is_fitted(self, "booster_")
+        a, b = self.calibration_
+        return a * self.booster_.predict(self.transform_features(X), raw_score=True) + b
+
+    def predict_proba(self, X) -> np.ndarray:
+        p = expit(self.predict_logit(X))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X) -> np.ndarray:
+        """1 = at risk (calibrated probability >= `threshold_`)."""
+        return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
+
+    def contributions(self, X) -> np.ndarray:
+        """TreeSHAP log-odds contributions on the calibrated logit scale.
+
+        Shape (n, n_features + 1); columns follow `feature_names_`, the last is the intercept
+        ``a * expected_value + b``. Each row sums to `predict_logit` exactly (up to float
+        rounding). One ``booster_.predict(..., pred_contrib=True)`` call per batch.
+        """
+        check_is_fitted(self, "booster_")
+        a, b = self.calibration_
+        phi = self.booster_.predict(self.transform_features(X), pred_contrib=True) * a
+        phi[:, -1] += b
+        return phi
+
+    def explain(self, X) -> pd.DataFrame:
+        """`contributions` as a DataFrame with named columns (``intercept`` last)."""
+        return pd.DataFrame(self.contributions(X),
+                            columns=[*self.feature_names_, "intercept"])
