@@ -1,0 +1,110 @@
+"""LogisticRisk: the plain statistical baseline every risk model must beat.
+
+Pipeline: `ExpectedDeviation` (refitted inside each fold) -> median imputation with missing
+indicators -> standardisation -> LogisticRegression (L2, ``C``). Same interface, feature
+contract and threshold rule as `models.risk.GBMRisk`: the threshold is chosen on out-of-fold
+probabilities from folds grouped by client. Logistic regression is fitted on the log-loss, so
+no separate calibration step is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+from models.expected import DEVIATION_COLUMN, ExpectedDeviation
+from models.risk import (
+    _FeatureContract,
+    binary_scores,
+    canonical_order,
+    choose_threshold,
+    known_target,
+    unpack_rows,
+)
+
+
+class LogisticRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
+    """Median imputation + missing indicators + standardisation + logistic regression.
+
+    ``fit(X, y, groups)`` as for `GBMRisk`; ``features`` selects model inputs (default: all
+    feature columns, plus ``expected_deviation``). No minimum-data guard beyond needing at
+    least ``n_splits`` clients.
+    """
+
+    def __init__(self, instrument: str = "PHQ-9", features: Sequence[str] | None = None,
+                 C: float = 1.0, n_splits: int = 5, threshold_rule: str = "sensitivity",
+                 min_sensitivity: float = 0.80, max_iter: int = 1000):
+        self.instrument = instrument
+        self.features = features
+        self.C = C
+        self.n_splits = n_splits
+        self.threshold_rule = threshold_rule
+        self.min_sensitivity = min_sensitivity
+        self.max_iter = max_iter
+
+    def _pipeline(self, names: list[str]) -> Pipeline:
+        select = ColumnTransformer([("x", "passthrough", names)], remainder="drop",
+                                   verbose_feature_names_out=False)
+        return Pipeline([
+            ("deviation", ExpectedDeviation(instrument=self.instrument)),
+            ("select", select),
+            ("impute", SimpleImputer(strategy="median", add_indicator=True,
+                                     keep_empty_features=True)),
+            ("scale", StandardScaler()),
+            ("logistic", LogisticRegression(C=self.C, max_iter=self.max_iter)),
+        ])
+
+    def fit(self, X, y, groups=None) -> LogisticRisk:
+        frame, version, groups = unpack_rows(X, groups)
+        if groups is None:
+            raise ValueError("LogisticRisk.fit needs groups (a client id per row) for the "
+                             "threshold folds")
+        self._remember_features(frame, version)
+        base = list(frame.columns) if self.features is None else list(self.features)
+        names = [c for c in base if c != DEVIATION_COLUMN] + [DEVIATION_COLUMN]
+        y = known_target(y, len(frame))
+        groups = np.asarray(groups)
+        keep = np.isfinite(y)
+        frame, y, groups = frame.loc[keep], y[keep].astype(int), groups[keep]
+        n_cases = int(pd.unique(groups).size)
+        if n_cases < self.n_splits:
+            raise ValueError(f"LogisticRisk needs at least {self.n_splits} clients; got {n_cases}")
+        order = canonical_order(groups, frame["session"].to_numpy(float))
+        frame = frame.iloc[order].reset_index(drop=True)
+        y, groups = y[order], groups[order]
+
+        template = self._pipeline(names)
+        oof = np.empty(len(y))
+        for train, test in GroupKFold(n_splits=self.n_splits).split(frame, y, groups):
+            fold = clone(template).fit(frame.iloc[train], y[train])
+            oof[test] = fold.predict_proba(frame.iloc[test])[:, 1]
+        self.threshold_ = choose_threshold(y, oof, self.threshold_rule, self.min_sensitivity)
+        self.pipeline_ = clone(template).fit(frame, y)
+        self.feature_names_ = np.asarray(names, dtype=object)
+        self.classes_ = np.array([0, 1])
+        self.cv_scores_ = {**binary_scores(y, oof, self.threshold_), "n_rows": float(len(y)),
+                           "n_clients": float(n_cases)}
+        self.n_training_cases_ = n_cases
+        return self
+
+    def predict_logit(self, X) -> np.ndarray:
+        check_is_fitted(self, "pipeline_")
+        return self.pipeline_.decision_function(self._checked(X))
+
+    def predict_proba(self, X) -> np.ndarray:
+        check_is_fitted(self, "pipeline_")
+        return self.pipeline_.predict_proba(self._checked(X))
+
+    def predict(self, X) -> np.ndarray:
+        """1 = at risk (probability >= `threshold_`)."""
+        return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
