@@ -1,0 +1,83 @@
+"""The fitted bundle: ONE object from training to serving.
+
+It holds, per outcome instrument, the expected-response model, the nearest-neighbour navigator,
+the failure and dropout risk models (with their stored thresholds and the booster the
+explanations come from) and the training population; plus the feature version and names and
+the model-card fields. Training builds it and logs it to MLflow as a custom pyfunc; the
+service loads it from the registry and calls `assess`; nothing is rebuilt at serving time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.pointintime import FEATURE_NAMES, FEATURE_VERSION, check_features
+
+
+@dataclass
+class Population:
+    """What the training data covered, to say when a client lies outside it."""
+
+    n_clients: int
+    n_rows: int
+    sessions: tuple[int, int]
+    intake_range: tuple[float, float]
+    covariate_levels: dict[str, list[str]] = field(default_factory=dict)
+    clinics: int = 0
+    failure_rate: float = float("nan")
+    dropout_rate: float = float("nan")
+
+
+@dataclass
+class InstrumentModels:
+    instrument: str
+    expected: Any  # models.expected.ExpectedResponse
+    failure: Any  # models.risk.GBMRisk or models.baseline.LogisticRisk
+    dropout: Any | None
+    navigator: Any | None  # models.neighbours.NeighbourNavigator
+    population: Population
+    validation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Bundle:
+    models: dict[str, InstrumentModels]
+    card: dict[str, Any]
+    feature_version: str = FEATURE_VERSION
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+    provenance: dict[str, str] = field(default_factory=dict)
+    version: str = "unregistered"  # set by the registry on load
+
+    @property
+    def instruments(self) -> list[str]:
+        return list(self.models)
+
+    def check_compatible(self) -> None:
+        """Refuse a bundle built with other feature code (readable diff)."""
+        check_features(self.feature_version, self.feature_names, FEATURE_VERSION, FEATURE_NAMES)
+
+    def assess(self, sessions: pd.DataFrame, covariates: pd.DataFrame | None = None,
+               horizon: int = 4) -> list:
+        from models.assess import assess
+
+        return assess(self, sessions, covariates=covariates, horizon=horizon)
+
+    def predict_frame(self, sessions: pd.DataFrame) -> pd.DataFrame:
+        """Tabular predictions, one row per client (the MLflow pyfunc output)."""
+        rows = []
+        for a in self.assess(sessions):
+            risk = a.risk
+            rows.append({
+                "client_id": a.client_id,
+                "instrument": a.instrument,
+                "p_failure": np.nan if risk is None else risk.p_failure,
+                "p_dropout": np.nan if risk is None or risk.p_dropout is None else risk.p_dropout,
+                "at_risk": None if risk is None else bool(risk.at_risk),
+                "signal": a.signal.colour,
+                "safety": a.safety.status,
+            })
+        return pd.DataFrame(rows)

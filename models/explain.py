@@ -1,0 +1,287 @@
+"""Explanations in clinical language: SHAP contributions grouped into clinical concepts, each
+with a sentence a therapist can check against the client's record.
+
+Every feature a model can use has a concept and a sentence template (`TEMPLATES`); a test fails
+if one is missing. Contributions are log-odds on the model's calibrated logit, so
+``intercept + sum(contributions) == logit`` exactly; the percentage-point figure per concept is
+the change in probability if that concept's contributions were removed (an approximation, and
+labelled so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit
+
+from features.instruments import Instrument, get
+
+
+def _n(x: float, digits: int = 0) -> str:
+    if x is None or not np.isfinite(x):
+        return "unknown"
+    return f"{x:.{digits}f}" if digits else f"{round(x):d}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+Template = Callable[[float, Instrument, dict[str, float]], str]
+
+
+def _change(v: float, inst: Instrument, row: dict[str, float]) -> str:
+    pts = row.get("change_raw", np.nan)
+    if not np.isfinite(pts):
+        return f"Only the intake {inst.code} score is known so far."
+    if pts <= 0:
+        worse = "has risen" if not inst.higher_is_better else "has fallen"
+        return (f"{inst.code} has not improved since intake" if pts == 0 else
+                f"{inst.code} {worse} by {_n(abs(pts), 1)} points since intake (worse)")
+    better = "fallen" if not inst.higher_is_better else "risen"
+    rel = row.get("change_rc", np.nan)
+    tail = " — a reliable improvement" if rel >= 1 else " — less than a reliable change"
+    return f"{inst.code} has {better} by {_n(pts, 1)} points since intake{tail}"
+
+
+def _change_frac(v, inst, row):
+    if not np.isfinite(v):
+        return f"{inst.code} change as a share of room to improve is not defined yet."
+    return f"{inst.code} has moved {_pct(max(v, -9))} of the way from intake to the best score"
+
+
+def _slope(v, inst, row):
+    if not np.isfinite(v):
+        return f"Too few {inst.code} scores to see a trend yet."
+    if v < -0.02:
+        return f"The {inst.code} trend so far is improving"
+    if v > 0.02:
+        return f"The {inst.code} trend so far is getting worse"
+    return f"The {inst.code} trend so far is flat"
+
+
+def _early(v, inst, row):
+    if not np.isfinite(v):
+        return "Early change (by session 3) is not known yet."
+    if v >= 1:
+        return f"A reliable early improvement on {inst.code} by session 3"
+    if v <= -1:
+        return f"A reliable early worsening on {inst.code} by session 3"
+    return f"Little early change on {inst.code} by session 3"
+
+
+def _best(v, inst, row):
+    if not np.isfinite(v):
+        return "No improvement recorded yet."
+    lost = v - row.get("change_rc", v)
+    if lost >= 1:
+        return (f"{inst.code} had improved more earlier in treatment and has since lost "
+                "a reliable amount of that gain")
+    return f"The best {inst.code} improvement so far is {_n(v * (inst.rci or 1), 1)} points"
+
+
+def _deviation(v, inst, row):
+    if not np.isfinite(v):
+        return "The expected course is not available for this score."
+    if v > 0.25:
+        return (f"{inst.code} is {_n(v * (inst.rci or 1), 1)} points worse than expected for "
+                "clients who started at this level")
+    if v < -0.25:
+        return (f"{inst.code} is {_n(-v * (inst.rci or 1), 1)} points better than expected for "
+                "clients who started at this level")
+    return f"{inst.code} is close to the expected course"
+
+
+def _latest(v, inst, row):
+    s = row.get("latest_score", np.nan)
+    if not np.isfinite(s):
+        return f"No {inst.code} score yet."
+    band = ""
+    if inst.cutoff is not None:
+        clinical = s < inst.cutoff if inst.higher_is_better else s >= inst.cutoff
+        band = " (in the clinical range)" if clinical else " (below the clinical cut-off)"
+    return f"Latest {inst.code} score is {_n(s, 1 if not inst.integer_scores else 0)}{band}"
+
+
+def _intake(v, inst, row):
+    s = row.get("intake_score", np.nan)
+    return f"{inst.code} at intake was {_n(s, 1 if not inst.integer_scores else 0)}"
+
+
+def _other(v, inst, row):
+    if not np.isfinite(v):
+        return "No other outcome measure at the latest session."
+    return f"Other outcome measures at the latest session sit at {_pct(v)} of their worst score"
+
+
+def _variability(v, inst, row):
+    if not np.isfinite(v):
+        return "Too few scores to judge how much they fluctuate."
+    return ("Scores fluctuate a lot from session to session" if v > 0.12
+            else "Scores are fairly steady from session to session")
+
+
+def _attended(v, inst, row):
+    return f"{_n(v)} sessions attended so far"
+
+
+def _missed(v, inst, row):
+    if not np.isfinite(v) or v == 0:
+        return "No missed sessions so far"
+    return f"{_n(v)} missed session{'s' if v != 1 else ''} so far"
+
+
+def _gap(v, inst, row):
+    if not np.isfinite(v) or v <= 1:
+        return "No gaps between sessions"
+    return f"The longest gap between attended sessions is {_n(v)} sessions"
+
+
+def _days(v, inst, row):
+    if not np.isfinite(v):
+        return "Session dates were not given."
+    return f"{_n(v)} days since intake"
+
+
+def _session(v, inst, row):
+    return f"Assessed as of session {_n(v)}"
+
+
+def _n_scores(v, inst, row):
+    return f"{_n(v)} {inst.code} score{'s' if v != 1 else ''} so far"
+
+
+def _alliance_latest(v, inst, row):
+    if not np.isfinite(v):
+        return "No alliance rating was given."
+    return (f"Latest alliance rating is {_pct(v)} of the scale's maximum"
+            + (" (below the alliance cut-off)" if row.get("alliance_below_cutoff") == 1 else ""))
+
+
+def _alliance_min(v, inst, row):
+    if not np.isfinite(v):
+        return "No alliance rating was given."
+    return f"Lowest alliance rating so far is {_pct(v)} of the scale's maximum"
+
+
+def _alliance_drop(v, inst, row):
+    if not np.isfinite(v):
+        return "Fewer than two alliance ratings, so no trend."
+    if v > 0:
+        return "The alliance rating dropped since the previous session"
+    return "The alliance rating did not drop since the previous session"
+
+
+def _alliance_below(v, inst, row):
+    if not np.isfinite(v):
+        return "No alliance rating was given."
+    return ("The latest alliance rating is below the cut-off that signals a possible problem"
+            if v == 1 else "The latest alliance rating is above the alliance cut-off")
+
+
+def _alliance_n(v, inst, row):
+    if not np.isfinite(v) or v == 0:
+        return "No alliance ratings so far"
+    return f"{_n(v)} alliance rating{'s' if v != 1 else ''} so far"
+
+
+def _risk_latest(v, inst, row):
+    if not np.isfinite(v):
+        return "The risk item was not answered at the latest session."
+    return ("The risk item was answered above zero at the latest session" if v > 0
+            else "The risk item was answered zero at the latest session")
+
+
+def _risk_ever(v, inst, row):
+    if not np.isfinite(v):
+        return "No risk item answers were given."
+    return ("The risk item has been answered above zero at some session" if v > 0
+            else "The risk item has always been answered zero")
+
+
+@dataclass(frozen=True)
+class FeatureText:
+    concept: str
+    template: Template
+
+
+SYMPTOM_CHANGE, SEVERITY, PROGRESS = "symptom change", "severity", "progress vs expected"
+ALLIANCE, ATTENDANCE, STABILITY, RISK, TIME = ("alliance", "attendance", "score stability",
+                                               "risk items", "time in treatment")
+
+TEMPLATES: dict[str, FeatureText] = {
+    "session": FeatureText(TIME, _session),
+    "n_scores": FeatureText(TIME, _n_scores),
+    "intake_score": FeatureText(SEVERITY, _intake),
+    "latest_score": FeatureText(SEVERITY, _latest),
+    "intake_severity": FeatureText(SEVERITY, _intake),
+    "latest_severity": FeatureText(SEVERITY, _latest),
+    "other_severity_latest": FeatureText(SEVERITY, _other),
+    "change_raw": FeatureText(SYMPTOM_CHANGE, _change),
+    "change_rc": FeatureText(SYMPTOM_CHANGE, _change),
+    "change_frac": FeatureText(SYMPTOM_CHANGE, _change_frac),
+    "slope_log": FeatureText(SYMPTOM_CHANGE, _slope),
+    "early_change_rc": FeatureText(SYMPTOM_CHANGE, _early),
+    "max_improvement_rc": FeatureText(SYMPTOM_CHANGE, _best),
+    "expected_deviation": FeatureText(PROGRESS, _deviation),
+    "variability": FeatureText(STABILITY, _variability),
+    "sessions_attended": FeatureText(ATTENDANCE, _attended),
+    "sessions_missed": FeatureText(ATTENDANCE, _missed),
+    "max_gap": FeatureText(ATTENDANCE, _gap),
+    "days_since_intake": FeatureText(ATTENDANCE, _days),
+    "alliance_latest": FeatureText(ALLIANCE, _alliance_latest),
+    "alliance_min": FeatureText(ALLIANCE, _alliance_min),
+    "alliance_drop": FeatureText(ALLIANCE, _alliance_drop),
+    "alliance_below_cutoff": FeatureText(ALLIANCE, _alliance_below),
+    "alliance_n": FeatureText(ALLIANCE, _alliance_n),
+    "risk_item_latest": FeatureText(RISK, _risk_latest),
+    "risk_item_ever": FeatureText(RISK, _risk_ever),
+}
+
+
+def missing_templates(feature_names) -> list[str]:
+    return [n for n in feature_names if n not in TEMPLATES]
+
+
+@dataclass
+class ConceptDriver:
+    concept: str
+    log_odds: float
+    percentage_points: float
+    direction: str  # "raises" | "lowers"
+    sentence: str
+    features: list[dict]
+
+
+def group_contributions(names, values: np.ndarray, phi: np.ndarray, instrument: str,
+                        top: int | None = None) -> tuple[float, list[ConceptDriver]]:
+    """Group one row's contributions by concept, largest absolute first.
+
+    ``values`` are the model-matrix values (same order as ``names``); ``phi`` has one more
+    entry than ``names`` (the intercept, last). Returns (intercept, drivers).
+    """
+    inst = get(instrument)
+    row = {n: float(v) for n, v in zip(names, values, strict=True)}
+    logit = float(phi.sum())
+    p = float(expit(logit))
+    by: dict[str, list[tuple[str, float]]] = {}
+    for n, c in zip(names, phi[:-1], strict=True):
+        by.setdefault(TEMPLATES[n].concept, []).append((n, float(c)))
+    drivers = []
+    for concept, items in by.items():
+        total = sum(c for _, c in items)
+        lead = max(items, key=lambda t: abs(t[1]))[0]
+        sentence = TEMPLATES[lead].template(row[lead], inst, row)
+        drivers.append(ConceptDriver(
+            concept=concept,
+            log_odds=total,
+            percentage_points=100 * (p - float(expit(logit - total))),
+            direction="raises" if total > 0 else "lowers",
+            sentence=sentence,
+            features=[{"name": n, "value": None if not np.isfinite(row[n]) else row[n],
+                       "log_odds": c} for n, c in sorted(items, key=lambda t: -abs(t[1]))],
+        ))
+    drivers.sort(key=lambda d: -abs(d.log_odds))
+    return float(phi[-1]), drivers[:top] if top else drivers

@@ -1,0 +1,134 @@
+"""Rule-based suggestions from the published clinical-support domains.
+
+Lambert's Assessment for Signal Clients / clinical support tools (alliance, motivation, social
+support, life events, plus a decision step on referral for medication; Harmon et al. 2007,
+Whipple et al. 2003) and the Trier Treatment Navigator's domains (crisis/suicidality,
+motivation/goals, alliance/interpersonal, social support/life events, emotion regulation;
+Lutz et al. 2019). Each rule reads only what the service already computed (features, signal,
+risk, safety), fires with a rationale naming the values behind it, and is worded as a prompt
+for a conversation with the client, never an order or a verdict on the client or therapist.
+
+These rules are the comparator and fallback for the learned recommender.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from features.instruments import Instrument, get
+
+SOURCE = "clinical-support rules (Lambert ASC; Trier Treatment Navigator)"
+
+
+@dataclass
+class Suggestion:
+    adaptation: str  # contract code, or "safety" for crisis prompts
+    prompt: str
+    rationale: str
+    source: str = SOURCE
+    priority: int = 50  # lower comes first; crisis prompts are always 0
+    evidence: dict = field(default_factory=dict)
+
+
+CRISIS_PROMPTS = (
+    "Consider reviewing risk with the client today, following your service's risk assessment "
+    "and safety-planning procedure.",
+    "If there is immediate danger, follow your local crisis pathway (emergency services or "
+    "crisis team).",
+)
+
+
+def _f(row: dict, name: str) -> float:
+    v = row.get(name, np.nan)
+    return float(v) if v is not None else np.nan
+
+
+def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
+                     p_failure: float | None, p_dropout: float | None,
+                     safety: str, at_risk: bool | None = None) -> list[Suggestion]:
+    """Ranked suggestions for one client (crisis prompts first)."""
+    inst = instrument if isinstance(instrument, Instrument) else get(instrument)
+    out: list[Suggestion] = []
+    if safety == "flag":
+        out.extend(Suggestion("safety", text, "A risk item was answered above zero; this is "
+                              "raised whatever any model says.", priority=0)
+                   for text in CRISIS_PROMPTS)
+    not_on_track = signal in {"red", "yellow"} or bool(at_risk)
+    session = _f(row, "session")
+
+    below = _f(row, "alliance_below_cutoff") == 1
+    drop = _f(row, "alliance_drop") > 0
+    if below or drop:
+        why = []
+        if below:
+            why.append("the latest alliance rating is below the cut-off")
+        if drop:
+            why.append("the alliance rating dropped since the previous session")
+        out.append(Suggestion(
+            "alliance_repair",
+            "Consider asking the client how the sessions are working for them, and what you "
+            "could do differently.",
+            "; ".join(why).capitalize() + ". A lower or falling alliance is linked to worse "
+            "outcomes and dropout (Flückiger et al. 2018).",
+            priority=10 if not_on_track else 20,
+            evidence={"alliance_below_cutoff": below, "alliance_drop": drop}))
+
+    missed = _f(row, "sessions_missed")
+    gap = _f(row, "max_gap")
+    if (missed >= 2 or gap >= 3) or (p_dropout is not None and p_dropout >= 0.4):
+        bits = []
+        if missed >= 1:
+            bits.append(f"{int(missed)} missed session{'s' if missed != 1 else ''}")
+        if p_dropout is not None and p_dropout >= 0.4:
+            bits.append(f"an estimated {100 * p_dropout:.0f}% chance of ending early")
+        out.append(Suggestion(
+            "motivation",
+            "Consider revisiting the client's goals for therapy and what might get in the way "
+            "of coming to sessions.",
+            ("Signs of lower engagement: " + ", ".join(bits) + ".") if bits else
+            "Signs of lower engagement.",
+            priority=15 if not_on_track else 30,
+            evidence={"sessions_missed": missed, "p_dropout": p_dropout}))
+
+    lost = _f(row, "max_improvement_rc") - _f(row, "change_rc")
+    if lost >= 1:
+        out.append(Suggestion(
+            "life_events",
+            "Consider asking whether anything has happened in the client's life recently that "
+            "could explain the setback.",
+            f"{inst.code} had improved earlier and has since lost a reliable amount of that "
+            "gain, a pattern often seen after a life event.",
+            priority=12 if not_on_track else 25,
+            evidence={"lost_gain_rc": lost}))
+
+    stalled = _f(row, "change_rc") < 0.5 and session >= 4
+    if not_on_track and stalled and not (below or drop):
+        out.append(Suggestion(
+            "social_support",
+            "Consider exploring who the client can turn to for support between sessions.",
+            f"Little change on {inst.code} by session {int(session)} while the alliance looks "
+            "adequate; low social support is one of the domains that often explains a stall.",
+            priority=35, evidence={"change_rc": _f(row, "change_rc")}))
+
+    severe = _f(row, "latest_severity") >= 0.7
+    if not_on_track and severe and session >= 4:
+        out.append(Suggestion(
+            "medication_review",
+            "Consider discussing a medication review with the client and their prescriber.",
+            f"{inst.code} is still in the severe range at session {int(session)} and progress "
+            "is behind the expected course.",
+            priority=30, evidence={"latest_severity": _f(row, "latest_severity")}))
+
+    if signal == "red" and session >= 6:
+        out.append(Suggestion(
+            "change_approach",
+            "Consider discussing with the client, and in supervision, whether a different "
+            "approach or focus might fit better.",
+            f"Progress on {inst.code} has been beyond the expected-course boundary at "
+            f"session {int(session)}.",
+            priority=40, evidence={"signal": signal}))
+
+    out.sort(key=lambda s: s.priority)
+    return out

@@ -1,0 +1,68 @@
+"""Clinical-language explanations and rule-based suggestions."""
+
+import re
+
+import numpy as np
+import pytest
+
+from features.pointintime import FEATURE_NAMES
+from models.expected import DEVIATION_COLUMN
+from models.explain import TEMPLATES, group_contributions, missing_templates
+from models.suggestions import rule_suggestions
+
+BANNED = re.compile(r"\b(fail(ed|ure|ing)?|you must|must|should have|non-?complian\w*)\b", re.I)
+
+
+def test_every_feature_has_a_sentence_template():
+    assert missing_templates([*FEATURE_NAMES, DEVIATION_COLUMN]) == []
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+@pytest.mark.parametrize("value", [np.nan, 0.0, 1.0, -1.0, 3.0])
+def test_templates_render_for_any_value(name, value):
+    row = {n: value for n in TEMPLATES}
+    text = TEMPLATES[name].template(value, __import__("features.instruments").instruments.get(
+        "PHQ-9"), row)
+    assert isinstance(text, str) and len(text) > 10
+    assert not BANNED.search(text), text
+
+
+def test_grouped_drivers_add_up_to_the_logit():
+    names = ["latest_score", "change_rc", "alliance_latest", "sessions_missed"]
+    values = np.array([18.0, -0.2, 0.6, 2.0])
+    phi = np.array([0.8, 0.5, -0.3, 0.2, -1.0])
+    intercept, drivers = group_contributions(names, values, phi, "PHQ-9")
+    assert intercept == -1.0
+    assert intercept + sum(d.log_odds for d in drivers) == pytest.approx(phi.sum())
+    assert [d.concept for d in drivers][:2] == ["severity", "symptom change"]
+    assert drivers[0].direction == "raises" and "18" in drivers[0].sentence
+
+
+def _row(**kw):
+    base = {n: np.nan for n in FEATURE_NAMES}
+    base.update(session=6, change_rc=0.1, max_improvement_rc=0.2, latest_severity=0.8,
+                sessions_missed=0, max_gap=1, alliance_below_cutoff=0, alliance_drop=0)
+    base.update(kw)
+    return base
+
+
+def test_crisis_prompts_come_first_and_all_are_prompts():
+    out = rule_suggestions(_row(alliance_below_cutoff=1), "PHQ-9", "red", 0.8, 0.5, "flag", True)
+    assert out[0].adaptation == "safety" and out[1].adaptation == "safety"
+    codes = [s.adaptation for s in out]
+    assert {"alliance_repair", "motivation", "medication_review", "change_approach"} <= set(codes)
+    for s in out:
+        assert s.prompt.startswith(("Consider", "If there is")), s.prompt
+        assert not BANNED.search(s.prompt + s.rationale), s.prompt + s.rationale
+
+
+def test_on_track_client_gets_no_change_prompts():
+    out = rule_suggestions(_row(change_rc=1.5, max_improvement_rc=1.5, latest_severity=0.3),
+                           "PHQ-9", "green", 0.1, 0.1, "clear", False)
+    assert out == []
+
+
+def test_lost_gain_suggests_life_events():
+    out = rule_suggestions(_row(change_rc=0.0, max_improvement_rc=1.5), "PHQ-9", "yellow", 0.6,
+                           0.2, "clear", True)
+    assert "life_events" in [s.adaptation for s in out]

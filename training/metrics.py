@@ -1,0 +1,188 @@
+"""Evaluation metrics with bootstrap intervals, decision curves and subgroup tables.
+
+All functions take NumPy arrays of outcomes (0/1) and predicted probabilities. Bootstrap
+intervals resample CLIENTS (the cluster), not rows, when `groups` is given, so repeated rows of
+one client (as of several sessions) never make an interval look narrower than it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+EPS = 1e-6
+MIN_CELL = 10  # subgroup cells smaller than this are suppressed
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def _irls(y: np.ndarray, lp: np.ndarray, fit_slope: bool) -> np.ndarray:
+    """Newton-Raphson for logit P(y) = a + b * lp (b fixed at 1 when not fit_slope)."""
+    beta = np.array([0.0, 1.0])
+    for _ in range(100):
+        eta = beta[0] + beta[1] * lp
+        mu = 1.0 / (1.0 + np.exp(-eta))
+        w = np.maximum(mu * (1 - mu), 1e-12)
+        r = y - mu
+        if fit_slope:
+            g = np.array([r.sum(), (r * lp).sum()])
+            h = np.array([[w.sum(), (w * lp).sum()], [(w * lp).sum(), (w * lp * lp).sum()]])
+            step = np.linalg.solve(h + 1e-12 * np.eye(2), g)
+        else:
+            step = np.array([r.sum() / w.sum(), 0.0])
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return beta
+
+
+def calibration_slope_intercept(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """Logistic recalibration (Cox 1958; Van Calster et al. 2019): slope b from
+    logit P(y) = a + b * logit(p); intercept = calibration-in-the-large, i.e. a with b fixed at 1
+    (offset model). Ideal: slope 1, intercept 0."""
+    y = np.asarray(y, float)
+    if len(np.unique(y)) < 2:
+        return float("nan"), float("nan")
+    lp = _logit(np.asarray(p, float))
+    slope = _irls(y, lp, fit_slope=True)[1]
+    intercept = _irls(y, lp, fit_slope=False)[0]
+    return float(slope), float(intercept)
+
+
+def _auroc(y, p):
+    return roc_auc_score(y, p) if 0 < y.sum() < len(y) else float("nan")
+
+
+def _auprc(y, p):
+    return average_precision_score(y, p) if y.sum() > 0 else float("nan")
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "auroc": _auroc,
+    "auprc": _auprc,
+    "brier": lambda y, p: brier_score_loss(y, p),
+    "cal_slope": lambda y, p: calibration_slope_intercept(y, p)[0],
+    "cal_intercept": lambda y, p: calibration_slope_intercept(y, p)[1],
+}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    lo: float
+    hi: float
+
+    def fmt(self, digits: int = 3) -> str:
+        if np.isnan(self.value):
+            return "—"
+        return f"{self.value:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]"
+
+
+def _cluster_indices(groups: np.ndarray | None, n: int, rng: np.random.Generator, n_boot: int):
+    if groups is None:
+        for _ in range(n_boot):
+            yield rng.integers(0, n, n)
+        return
+    codes, uniq = pd.factorize(groups)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(uniq)))
+    ends = np.append(starts[1:], n)
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        yield np.concatenate([order[starts[g]:ends[g]] for g in pick]) if len(pick) else pick
+
+
+def bootstrap(y: np.ndarray, p: np.ndarray, metrics=("auroc", "auprc", "brier", "cal_slope",
+                                                     "cal_intercept"),
+              groups: np.ndarray | None = None, n_boot: int = 200, seed: int = 0
+              ) -> dict[str, Estimate]:
+    """Point estimates with percentile 95% bootstrap intervals (clients resampled)."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    rng = np.random.default_rng(seed)
+    point = {m: METRICS[m](y, p) for m in metrics}
+    draws = {m: [] for m in metrics}
+    for idx in _cluster_indices(groups, len(y), rng, n_boot):
+        yb, pb = y[idx], p[idx]
+        for m in metrics:
+            draws[m].append(METRICS[m](yb, pb))
+    out = {}
+    for m in metrics:
+        d = np.asarray(draws[m], float)
+        d = d[np.isfinite(d)]
+        lo, hi = (np.percentile(d, [2.5, 97.5]) if len(d) else (np.nan, np.nan))
+        out[m] = Estimate(float(point[m]), float(lo), float(hi))
+    return out
+
+
+def paired_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, metric: str = "auroc",
+                      groups: np.ndarray | None = None, n_boot: int = 500, seed: int = 0
+                      ) -> Estimate:
+    """metric(a) - metric(b) on the same rows, with a paired cluster bootstrap interval."""
+    y, p_a, p_b = (np.asarray(v, float) for v in (y, p_a, p_b))
+    f = METRICS[metric]
+    rng = np.random.default_rng(seed)
+    diffs = [f(y[i], p_a[i]) - f(y[i], p_b[i])
+             for i in _cluster_indices(groups, len(y), rng, n_boot)]
+    d = np.asarray(diffs, float)
+    d = d[np.isfinite(d)]
+    lo, hi = np.percentile(d, [2.5, 97.5]) if len(d) else (np.nan, np.nan)
+    return Estimate(float(f(y, p_a) - f(y, p_b)), float(lo), float(hi))
+
+
+def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    y, flag = np.asarray(y, bool), np.asarray(p, float) >= threshold
+    tp, fn = np.sum(flag & y), np.sum(~flag & y)
+    tn, fp = np.sum(~flag & ~y), np.sum(flag & ~y)
+    return {
+        "sensitivity": tp / (tp + fn) if tp + fn else float("nan"),
+        "specificity": tn / (tn + fp) if tn + fp else float("nan"),
+        "flag_rate": float(flag.mean()) if len(flag) else float("nan"),
+        "ppv": tp / (tp + fp) if tp + fp else float("nan"),
+    }
+
+
+def net_benefit(y: np.ndarray, p: np.ndarray, thresholds=np.arange(0.05, 0.81, 0.05)
+                ) -> pd.DataFrame:
+    """Decision-curve analysis (Vickers & Elkin 2006): net benefit of flagging at each threshold
+    against flagging everyone and no one."""
+    y, p = np.asarray(y, bool), np.asarray(p, float)
+    n, prev = len(y), y.mean()
+    rows = []
+    for t in thresholds:
+        flag = p >= t
+        tp, fp = np.sum(flag & y), np.sum(flag & ~y)
+        w = t / (1 - t)
+        rows.append({"threshold": round(float(t), 3), "model": tp / n - fp / n * w,
+                     "flag_all": prev - (1 - prev) * w, "flag_none": 0.0})
+    return pd.DataFrame(rows)
+
+
+def subgroup_table(y: np.ndarray, p: np.ndarray, threshold: float, by: pd.Series,
+                   min_cell: int = MIN_CELL) -> pd.DataFrame:
+    """Per subgroup: n, events, AUROC, flag rate, sensitivity. Cells with fewer than `min_cell`
+    rows, or fewer than `min_cell` events / non-events for AUROC, are suppressed (NaN)."""
+    frame = pd.DataFrame({"y": np.asarray(y, float), "p": np.asarray(p, float),
+                          "group": by.astype("string").fillna("missing").to_numpy()})
+    rows = []
+    for g, d in frame.groupby("group", sort=True):
+        n, ev = len(d), int(d["y"].sum())
+        row = {"subgroup": by.name, "level": g, "n": n, "events": ev}
+        if n < min_cell:
+            row.update(n=float("nan"), events=float("nan"), auroc=float("nan"),
+                       flag_rate=float("nan"), sensitivity=float("nan"), suppressed=True)
+        else:
+            thr = at_threshold(d["y"].to_numpy(), d["p"].to_numpy(), threshold)
+            ok = min(ev, n - ev) >= min_cell
+            row.update(auroc=_auroc(d["y"].to_numpy(), d["p"].to_numpy()) if ok else float("nan"),
+                       flag_rate=thr["flag_rate"],
+                       sensitivity=thr["sensitivity"] if ev >= min_cell else float("nan"),
+                       suppressed=False)
+        rows.append(row)
+    return pd.DataFrame(rows)
