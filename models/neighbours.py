@@ -144,6 +144,10 @@ class NeighbourNavigator(_FeatureContract, BaseEstimator):
 
         pos, ids = pd.factorize(pd.Series(np.asarray(groups)), sort=True)
         n_ref = len(ids)
+        # Canonical row order (client position, session): nothing depends on input order,
+        # not even the float rounding of the standardisation.
+        order = np.lexsort((frame["session"].to_numpy(float), pos))
+        frame, y, pos = frame.iloc[order], y[order], pos[order]
         session = frame["session"].to_numpy(float).astype(int)
 
         Z = frame[names].to_numpy(float)

@@ -1,0 +1,314 @@
+"""Tests for models/: estimator contract, behaviour (directional, invariance), exact
+explanations, neighbour self-exclusion, signal rules and the minimum-data guard.
+
+The cohort is a small seeded synthetic one made here (PHQ-9 + SRS sessions turned into
+point-in-time rows by `features.pointintime.point_in_time`); the project's simulator is not
+needed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import logit
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from features.pointintime import FEATURE_NAMES, FeatureMismatchError, point_in_time
+from features.targets import targets
+from models.baseline import LogisticRisk
+from models.expected import ExpectedDeviation, ExpectedResponse
+from models.neighbours import NeighbourNavigator, reference_positions, trajectory_matrix
+from models.risk import MIN_TRAINING_CASES, GBMRisk, InsufficientDataError
+from models.signal import signal
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic cohort
+# ---------------------------------------------------------------------------------------------
+def _sessions(n: int, seed: int, max_len: int = 12) -> pd.DataFrame:
+    """PHQ-9 courses on intake - rate * log(session) + noise, with an SRS that tracks the rate."""
+    rng = np.random.default_rng(seed)
+    cid, ses, ins, sc = [], [], [], []
+    for c in range(n):
+        intake = int(rng.integers(10, 28))
+        rate = rng.normal(3.0, 2.5)
+        alliance = rng.normal(36.0, 3.0)
+        for s in range(1, int(rng.integers(3, max_len + 1)) + 1):
+            phq = intake if s == 1 else np.clip(np.rint(intake - rate * np.log(s)
+                                                        + rng.normal(0, 2.0)), 0, 27)
+            srs = np.clip(alliance + 0.4 * rate + rng.normal(0, 1.0), 0, 40)
+            cid += [f"client-{c:04d}"] * 2
+            ses += [s, s]
+            ins += ["PHQ-9", "SRS"]
+            sc += [float(phq), round(float(srs), 1)]
+    return pd.DataFrame({"client_id": pd.array(cid, dtype="string"), "session": ses,
+                         "instrument": pd.array(ins, dtype="string"), "score": sc})
+
+
+def _cohort(n: int, seed: int):
+    sessions = _sessions(n, seed)
+    ff = point_in_time(sessions, "PHQ-9", at=range(1, 9))
+    y = targets(sessions)["failed"].reindex(ff.keys["client_id"]).to_numpy()
+    return ff, y, sessions
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return _cohort(360, seed=1)
+
+
+@pytest.fixture(scope="module")
+def gbm(cohort):
+    ff, y, _ = cohort
+    return GBMRisk().fit(ff, y)
+
+
+@pytest.fixture(scope="module")
+def navigator(cohort):
+    ff, y, sessions = cohort
+    return NeighbourNavigator(n_neighbors=25).fit(ff, y, trajectories=trajectory_matrix(sessions))
+
+
+# ---------------------------------------------------------------------------------------------
+# Estimator contract
+# ---------------------------------------------------------------------------------------------
+ESTIMATORS = [ExpectedResponse(), ExpectedDeviation(), NeighbourNavigator(n_neighbors=7),
+              GBMRisk(n_estimators=20), LogisticRisk(C=0.5)]
+
+
+@pytest.mark.parametrize("est", ESTIMATORS, ids=lambda e: type(e).__name__)
+def test_clone_and_params_round_trip(est):
+    params = est.get_params()
+    twin = clone(est)
+    assert twin is not est and twin.get_params() == params
+    assert not [k for k in vars(est) if k.endswith("_") and not k.startswith("_")]
+
+
+@pytest.mark.parametrize("est,call", [
+    (ExpectedResponse(), lambda e, X: e.expected([20.0], [3])),
+    (ExpectedDeviation(), lambda e, X: e.transform(X)),
+    (NeighbourNavigator(), lambda e, X: e.predict_proba(X)),
+    (GBMRisk(), lambda e, X: e.predict_proba(X)),
+    (GBMRisk(), lambda e, X: e.contributions(X)),
+    (LogisticRisk(), lambda e, X: e.predict_proba(X)),
+], ids=["ExpectedResponse.expected", "ExpectedDeviation.transform",
+        "NeighbourNavigator.predict_proba", "GBMRisk.predict_proba", "GBMRisk.contributions",
+        "LogisticRisk.predict_proba"])
+def test_not_fitted_error_before_fit(est, call, cohort):
+    with pytest.raises(NotFittedError):
+        call(est, cohort[0].X.head(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Expected response
+# ---------------------------------------------------------------------------------------------
+def test_expected_response_band_covers_held_out_points(cohort):
+    """Finch et al. 2001: the 90 % band is empirical, so ~90 % of new clients' points fall in it."""
+    ff, _, _ = cohort
+    model = ExpectedResponse().fit(ff.X)
+    new = _cohort(200, seed=7)[0].X
+    new = new[new["session"] >= 2]
+    med, lo, hi, bnd = model.expected(new["intake_score"], new["session"])
+    inside = ((new["latest_score"] >= lo) & (new["latest_score"] <= hi)).mean()
+    assert 0.82 <= inside <= 0.97
+    assert np.array_equal(bnd, hi)  # PHQ-9: higher is worse -> boundary on the upper side
+    assert np.all(lo <= med) and np.all(med <= hi)
+    # session 1 is the intake itself; the median improves with log(session) here
+    course = model.course(20.0)
+    assert course.loc[0, ["median", "lower", "upper"]].tolist() == [20.0, 20.0, 20.0]
+    assert course["median"].iloc[1] > course["median"].iloc[7]
+
+
+def test_expected_response_ors_boundary_is_the_lower_side():
+    rng = np.random.default_rng(3)
+    intake = rng.uniform(8, 24, 3000)
+    session = rng.integers(2, 13, 3000)
+    score = np.clip(intake + 3 * np.log(session) + rng.normal(0, 2.5, 3000), 0, 40)
+    model = ExpectedResponse(instrument="ORS").fit(
+        pd.DataFrame({"intake_score": intake, "session": session, "score": score}))
+    med, lo, hi, bnd = model.expected(15.0, 6)
+    assert bnd == lo < med < hi and med > 15.0
+
+
+def test_expected_deviation_is_refitted_per_fit_and_direction_aware(cohort):
+    ff, _, _ = cohort
+    step = ExpectedDeviation().fit(ff.X)
+    out = step.transform(ff.X)
+    assert list(out.columns) == [*FEATURE_NAMES, "expected_deviation"]
+    worse = ff.X.assign(latest_score=ff.X["latest_score"] + 3)
+    assert np.all(step.transform(worse)["expected_deviation"] > out["expected_deviation"])
+
+
+# ---------------------------------------------------------------------------------------------
+# GBMRisk
+# ---------------------------------------------------------------------------------------------
+def test_raising_latest_severity_never_lowers_risk(gbm, cohort):
+    X = cohort[0].X.iloc[::7].reset_index(drop=True)
+    risks = [gbm.predict_proba(X.assign(latest_severity=v))[:, 1]
+             for v in np.linspace(0.0, 1.0, 11)]
+    assert np.all(np.diff(np.vstack(risks), axis=0) >= -1e-12)
+
+
+def test_a_worse_latest_score_never_lowers_risk(gbm, cohort):
+    """All else equal, a latest PHQ-9 that is 1..5 points worse (and the change and severity
+    features that follow from it) never lowers the risk."""
+    X = cohort[0].X.iloc[::5].reset_index(drop=True)
+    base = gbm.predict_proba(X)[:, 1]
+    for d in range(1, 6):
+        w = X.copy()
+        w["latest_score"] += d
+        w["latest_severity"] += d / 27
+        w["change_raw"] -= d
+        w["change_rc"] -= d / 6
+        w["change_frac"] -= d / (w["intake_severity"] * 27)
+        assert np.all(gbm.predict_proba(w)[:, 1] >= base - 1e-12)
+
+
+def test_contributions_sum_to_the_calibrated_logit(gbm, cohort):
+    X = cohort[0].X.iloc[:300]
+    phi = gbm.contributions(X)
+    assert phi.shape == (300, len(gbm.feature_names_) + 1)
+    p = gbm.predict_proba(X)[:, 1]
+    np.testing.assert_allclose(phi.sum(axis=1), logit(p), atol=1e-6)
+    np.testing.assert_allclose(phi.sum(axis=1), gbm.predict_logit(X), atol=1e-9)
+    a, b = gbm.calibration_
+    assert a > 0 and np.ptp(phi[:, -1]) == 0.0  # one intercept: a * base value + b
+
+
+def test_fitted_risk_model_carries_its_features_and_a_sensible_threshold(gbm):
+    assert gbm.feature_version_ and list(gbm.feature_names_in_) == list(FEATURE_NAMES)
+    assert gbm.feature_names_[-1] == "expected_deviation"
+    assert 0.0 < gbm.threshold_ < 1.0
+    assert gbm.cv_scores_["sensitivity"] >= 0.80  # the documented threshold rule
+    assert gbm.cv_scores_["auc"] > 0.7
+
+
+def test_mismatched_columns_are_refused_with_a_diff(gbm, cohort):
+    X = cohort[0].X.head(5)
+    with pytest.raises(FeatureMismatchError, match=r"missing \(1\): alliance_min"):
+        gbm.predict_proba(X.drop(columns="alliance_min"))
+    with pytest.raises(FeatureMismatchError, match="reordered"):
+        gbm.predict_proba(X[list(reversed(X.columns))])
+    old = X.copy()
+    old.attrs["feature_version"] = "0.0.1"
+    with pytest.raises(FeatureMismatchError, match="feature version"):
+        gbm.contributions(old)
+
+
+def test_fit_does_not_depend_on_row_order(gbm, cohort):
+    ff, y, _ = cohort
+    perm = np.random.default_rng(0).permutation(len(ff.X))
+    X_p = ff.X.iloc[perm].reset_index(drop=True)
+    groups_p = ff.keys["client_id"].to_numpy()[perm]
+    refit = GBMRisk().fit(X_p, y[perm], groups_p)
+    np.testing.assert_allclose(refit.predict_proba(ff.X), gbm.predict_proba(ff.X), atol=1e-12)
+    assert refit.threshold_ == gbm.threshold_
+    # and predicting a permuted batch permutes the answers
+    np.testing.assert_allclose(gbm.predict_proba(X_p), gbm.predict_proba(ff.X)[perm], atol=1e-12)
+
+
+def test_too_few_clients_raises_with_the_numbers(cohort):
+    ff, y, _ = cohort
+    few = ff.keys["client_id"].isin(ff.keys["client_id"].unique()[:120]).to_numpy()
+    with pytest.raises(InsufficientDataError) as err:
+        GBMRisk().fit(ff.X[few], y[few], ff.keys["client_id"][few])
+    assert "120" in str(err.value) and str(MIN_TRAINING_CASES) in str(err.value)
+    assert (err.value.n_cases, err.value.minimum) == (120, 300)
+
+
+# ---------------------------------------------------------------------------------------------
+# LogisticRisk
+# ---------------------------------------------------------------------------------------------
+def test_logistic_baseline_interface(cohort):
+    ff, y, _ = cohort
+    model = LogisticRisk().fit(ff, y)
+    p = model.predict_proba(ff.X.head(50))
+    assert p.shape == (50, 2) and np.allclose(p.sum(axis=1), 1.0)
+    np.testing.assert_allclose(logit(p[:, 1]), model.predict_logit(ff.X.head(50)), atol=1e-9)
+    assert model.cv_scores_["sensitivity"] >= 0.80 and 0 < model.threshold_ < 1
+    with pytest.raises(FeatureMismatchError):
+        model.predict(ff.X.drop(columns="session"))
+
+
+# ---------------------------------------------------------------------------------------------
+# NeighbourNavigator
+# ---------------------------------------------------------------------------------------------
+def test_neighbours_never_return_the_query_client(navigator, cohort):
+    ff, _, _ = cohort
+    own = reference_positions(ff.keys["client_id"])
+    dist, idx = navigator.kneighbors(ff)
+    # without exclusion an in-sample row finds itself at distance 0 ...
+    assert (idx == own[:, None]).any(axis=1).all() and (dist[:, 0] == 0).all()
+    # ... with it, never
+    dist, idx = navigator.kneighbors(ff, exclude=own)
+    assert idx.shape == (len(own), 25) and not (idx == own[:, None]).any()
+    assert np.all(np.diff(dist, axis=1) >= 0)
+
+
+def test_reference_holds_no_ids_and_says_so(navigator, cohort):
+    ids = set(cohort[0].keys["client_id"])
+    for name, value in vars(navigator).items():
+        if name.endswith("_"):
+            arr = np.asarray(value, dtype=object).ravel() if not isinstance(value, list) else []
+            assert not ids.intersection(map(str, arr[:1000])), name
+    assert "patient-level" in navigator.model_card_note
+
+
+def test_neighbour_course_boundary_and_risk(navigator, cohort):
+    ff, y, _ = cohort
+    own = reference_positions(ff.keys["client_id"])
+    course = navigator.expected_course(ff, exclude=own)
+    assert course["median"].shape == (len(own), 20)
+    np.testing.assert_array_equal(course["median"][:, 0], ff.X["intake_score"])
+    assert np.array_equal(course["boundary"], course["upper"], equal_nan=True)
+    p = navigator.predict_proba(ff, exclude=own)[:, 1]
+    assert np.all((p > 0) & (p < 1))
+    assert p[y == 1].mean() > p[y == 0].mean() + 0.15
+    med, lo, hi, bnd = navigator.expected(ff, exclude=own)
+    assert np.all(lo[np.isfinite(lo)] <= hi[np.isfinite(lo)])
+
+
+def test_neighbour_fit_does_not_depend_on_row_order(navigator, cohort):
+    ff, y, sessions = cohort
+    perm = np.random.default_rng(2).permutation(len(ff.X))
+    refit = NeighbourNavigator(n_neighbors=25).fit(
+        ff.X.iloc[perm], y[perm], ff.keys["client_id"].to_numpy()[perm],
+        trajectories=trajectory_matrix(sessions))
+    np.testing.assert_array_equal(refit.predict_proba(ff.X), navigator.predict_proba(ff.X))
+
+
+# ---------------------------------------------------------------------------------------------
+# Signal
+# ---------------------------------------------------------------------------------------------
+def test_signal_produces_each_colour_with_a_reason():
+    out = signal(latest_score=[14, 8, 14, 11, 9.5], n_scores=[1, 3, 3, 3, 3],
+                 expected_median=9.5,
+                 failure_boundary=12.5, session=4, instrument="PHQ-9")
+    assert out["colour"].tolist() == ["grey", "white", "red", "yellow", "white"]
+    assert out["reason"][2] == ("PHQ-9 14 is above the failure boundary of 12.5 expected by "
+                                "session 4: not on track; review alliance, motivation, social "
+                                "support and life events.")
+    high = signal([13, 17, 11], 3, expected_median=14, failure_boundary=16, session=4,
+                  instrument="PHQ-9")
+    assert high["colour"].tolist() == ["green", "red", "green"]
+    assert not out["reason"].str.contains("failure[^ ]|a failure", regex=True).any()
+
+
+def test_signal_respects_ors_direction():
+    # ORS: higher is better, the boundary lies BELOW the expected score
+    out = signal([30, 15, 19, 22, 10], [3, 3, 3, 3, 1], expected_median=20,
+                 failure_boundary=16, session=4, instrument="ORS")
+    assert out["colour"].tolist() == ["white", "red", "yellow", "green", "grey"]
+    assert "below the failure boundary of 16" in out["reason"][1]
+    # the same numbers read as PHQ-9 scores mean the opposite
+    phq = signal([15, 19, 22], 3, expected_median=20, failure_boundary=21, session=4,
+                 instrument="PHQ-9")
+    assert phq["colour"].tolist() == ["green", "green", "red"]
+
+
+def test_signal_without_a_course_or_cutoff():
+    out = signal([30, 30], 3, expected_median=[np.nan, 35], failure_boundary=[np.nan, 45],
+                 session=4, instrument="OQ-30")  # OQ-30: no published cut-off, never white
+    assert out["colour"].tolist() == ["grey", "green"]
