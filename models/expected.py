@@ -64,6 +64,23 @@ def _as_points(X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             X[score_col].to_numpy(dtype=float))
 
 
+def trajectory_points(wide: pd.DataFrame) -> pd.DataFrame:
+    """Long trajectory points (intake_score, session, score) from a wide score matrix.
+
+    ``wide``: one row per client, columns = session numbers 1..S, NaN = no score (e.g.
+    `models.neighbours.trajectory_matrix`). The intake is the score at the first session the
+    client has one. Use this to fit `ExpectedResponse` on whole courses (sessions 1..20)
+    rather than on feature rows, which often stop at session 6.
+    """
+    values = wide.to_numpy(dtype=float)
+    sessions = np.asarray(wide.columns, dtype=float)
+    has = ~np.isnan(values)
+    first = np.argmax(has, axis=1)
+    intake = np.where(has.any(axis=1), values[np.arange(len(values)), first], np.nan)
+    r, c = np.nonzero(has)
+    return pd.DataFrame({"intake_score": intake[r], "session": sessions[c], "score": values[r, c]})
+
+
 def _quantile_edges(intake: np.ndarray, n_strata: int, min_stratum: int) -> np.ndarray:
     """Interior stratum edges: quantiles of the intakes, fewest merges so that each >= min."""
     for k in range(max(int(n_strata), 1), 1, -1):
@@ -183,6 +200,7 @@ class ExpectedResponse(BaseEstimator):
         self.cell_counts_ = cell_n
         self.pooling_window_ = window
         self.n_points_ = int(len(score))
+        self.max_fitted_session_ = int(session.max())  # later sessions are extrapolated
         self.n_per_stratum_ = counts
         return self
 

@@ -18,7 +18,7 @@ from sklearn.exceptions import NotFittedError
 from features.pointintime import FEATURE_NAMES, FeatureMismatchError, point_in_time
 from features.targets import targets
 from models.baseline import LogisticRisk
-from models.expected import ExpectedDeviation, ExpectedResponse
+from models.expected import ExpectedDeviation, ExpectedResponse, trajectory_points
 from models.neighbours import NeighbourNavigator, reference_positions, trajectory_matrix
 from models.risk import MIN_TRAINING_CASES, GBMRisk, InsufficientDataError
 from models.signal import signal
@@ -119,6 +119,16 @@ def test_expected_response_band_covers_held_out_points(cohort):
     course = model.course(20.0)
     assert course.loc[0, ["median", "lower", "upper"]].tolist() == [20.0, 20.0, 20.0]
     assert course["median"].iloc[1] > course["median"].iloc[7]
+
+
+def test_expected_response_fits_whole_courses_from_a_trajectory_matrix(cohort):
+    _, _, sessions = cohort
+    points = trajectory_points(trajectory_matrix(sessions))
+    phq = sessions[sessions["instrument"] == "PHQ-9"]
+    assert len(points) == len(phq) and points["session"].max() == 12
+    model = ExpectedResponse().fit(points)
+    assert model.max_fitted_session_ == 12
+    assert model.course(20.0, [10])["median"].iloc[0] < 20.0
 
 
 def test_expected_response_ors_boundary_is_the_lower_side():
