@@ -27,7 +27,7 @@ refuses input built with another version or other names (`check_features`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -208,66 +208,69 @@ def _alliance_codes(alliance: str | None, present: Iterable[str]) -> tuple[str, 
 
 
 # --------------------------------------------------------------------------------------------
-# DataFrame edge
+# Edge: DataFrame (or a mapping of columns) in, FeatureFrame out
 # --------------------------------------------------------------------------------------------
-def point_in_time(sessions: pd.DataFrame, instrument: str = "PHQ-9",
+Columns = pd.DataFrame | Mapping[str, Sequence | np.ndarray]
+
+
+def point_in_time(sessions: Columns, instrument: str = "PHQ-9",
                   at: Iterable[int] | None = DEFAULT_AT,
                   alliance: str | None = "auto") -> FeatureFrame:
     """Features as of session t, one row per (client, t).
 
     ``sessions`` is a contract-typed frame (client_id, session, instrument, score; optional
-    date and item_k columns), already checked with `features.contract.check_sessions`.
+    date and item_k columns), already checked with `features.contract.check_sessions`; a
+    mapping of column name to list or array with the same columns is accepted too (the
+    prediction service passes its validated request that way and skips building a frame).
     A row is made for each t in ``at`` at which the client has a score on ``instrument``
     (the client is still in care at t). ``at=None``: one row per client, as of its latest
     primary score (the serving case). ``alliance="auto"`` uses every alliance instrument in
-    the frame (SRS before WAI-SR when a session has both); a code forces one; None drops it.
+    the input (SRS before WAI-SR when a session has both); a code forces one; None drops it.
     """
     prim = get(instrument)
     if prim.role is not Role.OUTCOME:
         raise ValueError(f"{instrument} is not an outcome instrument")
     reg = _reg()
     at_arr = None if at is None else np.unique(np.asarray(list(at), dtype=np.int64))
+    frame = isinstance(sessions, pd.DataFrame)
 
-    session = sessions["session"].to_numpy(dtype=np.float64, na_value=np.nan)
+    def floats(name: str) -> np.ndarray:
+        if frame:
+            return sessions[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.asarray(sessions[name], dtype=np.float64)  # None -> NaN
+
+    session = floats("session")
     if np.isnan(session).any():
         raise ValueError("session is missing on some rows; run features.contract.check_sessions")
     session = session.astype(np.int64)
-    keep = None
+    keep: np.ndarray | slice = slice(None)
     if at_arr is not None:  # rows after the last t can never enter a row: drop them first
         keep = session <= (at_arr.max() if len(at_arr) else 0)
         session = session[keep]
 
-    def col(name: str, dtype=np.float64) -> np.ndarray:
-        values = sessions[name].to_numpy(dtype=dtype, na_value=np.nan)
-        return values if keep is None else values[keep]
-
-    ids = sessions["client_id"]
-    if keep is not None:
-        ids = ids[keep]
-    client, uniques = pd.factorize(ids, sort=True)
+    client, take_ids = _factorize(sessions["client_id"])
+    client = client[keep]
     if (client < 0).any():
         raise ValueError("client_id is missing on some rows; run features.contract.check_sessions")
-    inst_codes, inst_uniques = pd.factorize(sessions["instrument"] if keep is None
-                                            else sessions["instrument"][keep])
-    inst_map = np.array([reg.index.get(str(c), -1) for c in inst_uniques] + [-1], dtype=np.int64)
-    inst = inst_map[inst_codes]  # -1 (unknown or missing) indexes the trailing -1
-    score = col("score")
+    inst, present = _instrument_index(sessions["instrument"])
+    inst = inst[keep]
+    score = floats("score")[keep]
 
     # Risk items: max answer over the risk items of the row's instrument (raw item scale).
     risk = np.full(len(score), np.nan)
-    present = {str(c) for c in inst_uniques}
-    for code in present & REGISTRY.keys():
+    for code in sorted(present):
         for k in REGISTRY[code].risk_items:
             name = f"item_{k}"
-            if name in sessions.columns:
+            if name in sessions:
                 rows = inst == reg.index[code]
-                risk[rows] = np.fmax(risk[rows], col(name)[rows])
+                risk[rows] = np.fmax(risk[rows], floats(name)[keep][rows])
 
-    if "date" in sessions.columns:
+    if "date" in sessions:
         d = sessions["date"]
-        if keep is not None:
-            d = d[keep]
-        dt = pd.to_datetime(d).to_numpy(dtype="datetime64[ns]")
+        if frame and d.dtype.kind != "M":
+            d = pd.to_datetime(d)
+        dt = (d.to_numpy(dtype="datetime64[ns]") if frame
+              else np.asarray(d, dtype="datetime64[ns]"))[keep]
         day = np.where(np.isnat(dt), np.nan, dt.astype(np.int64) / _NS_PER_DAY)
     else:
         day = np.full(len(score), np.nan)
@@ -276,9 +279,63 @@ def point_in_time(sessions: pd.DataFrame, instrument: str = "PHQ-9",
     values, q_client, q_session = _features_from_arrays(
         client, session, inst, score, risk, day, primary=reg.index[instrument],
         alliance=allied, at=at_arr)
-    X = pd.DataFrame(values, columns=list(FEATURE_NAMES), copy=False)
-    keys = pd.DataFrame({"client_id": uniques.take(q_client), "session": q_session})
+    index = pd.RangeIndex(len(values))
+    X = pd.DataFrame(values, columns=_feature_columns(), index=index, copy=False)
+    keys = pd.DataFrame({"client_id": take_ids(q_client), "session": q_session}, index=index,
+                        copy=False)
     return FeatureFrame(X=X, keys=keys)
+
+
+@cache
+def _feature_columns() -> pd.Index:
+    return pd.Index(FEATURE_NAMES)
+
+
+def _objects(values) -> np.ndarray:
+    if isinstance(values, pd.Series | pd.Index | pd.api.extensions.ExtensionArray):
+        return values.to_numpy(dtype=object)
+    return np.asarray(values, dtype=object)
+
+
+def _instrument_index(values) -> tuple[np.ndarray, set[str]]:
+    """Registry position per row (-1 = unknown or missing) and the registry codes present."""
+    index = _reg().index
+    if len(values) <= _SMALL:
+        obj = _objects(values)
+        present = set(obj)
+        codes = np.array([index.get(v, -1) for v in obj], dtype=np.int64)
+    else:
+        fcodes, uniques = pd.factorize(values)
+        present = set(uniques)
+        lookup = np.array([index.get(v, -1) for v in uniques] + [-1], dtype=np.int64)
+        codes = lookup[fcodes]  # -1 (missing) indexes the trailing -1
+    return codes, {c for c in present if c in index}
+
+
+_SMALL = 4096  # below this many rows, sorting objects beats pandas' hashing overhead
+
+
+def _factorize(values):
+    """Integer codes in sorted order of the ids (-1 = missing) and a function mapping codes
+    back to ids (of the input's dtype for a Series, pandas strings otherwise).
+
+    Same codes either way: small inputs use np.unique (no pandas overhead for a one-client
+    request), large ones pandas' hash-based factorize.
+    """
+    dtype = values.dtype if isinstance(values, pd.Series) else "string"
+    if len(values) <= _SMALL:
+        obj = _objects(values)
+        if not pd.isna(obj).any():
+            try:
+                uniq, codes = np.unique(obj, return_inverse=True)
+            except TypeError:  # mixed types that do not sort; fall through
+                pass
+            else:
+                return codes.astype(np.int64), (lambda q: pd.array(uniq[q], dtype=dtype))
+    codes, uniques = pd.factorize(values, sort=True)
+    return codes.astype(np.int64), (lambda q: pd.array(np.asarray(uniques)[q], dtype=dtype)
+                                    if not isinstance(uniques, pd.Index)
+                                    else uniques.take(q).array)
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,6 +369,11 @@ def _features_from_arrays(client: np.ndarray, session: np.ndarray, inst: np.ndar
     Returns (values (Q, len(FEATURE_NAMES)), client code per row, session per row), rows
     ordered by client code then session.
     """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _core(client, session, inst, score, risk, day, primary, alliance, at)
+
+
+def _core(client, session, inst, score, risk, day, primary, alliance, at):
     reg = _reg()
     nf = len(FEATURE_NAMES)
     empty = (np.empty((0, nf)), np.empty(0, np.int64), np.empty(0, np.int64))
@@ -322,16 +384,22 @@ def _features_from_arrays(client: np.ndarray, session: np.ndarray, inst: np.ndar
     client = np.asarray(client, dtype=np.int64)
     session = np.asarray(session, dtype=np.int64)
     key = client * (int(session.max()) + 1) + session
-    order = np.argsort(key, kind="stable")
-    key, client, session = key[order], client[order], session[order]
-    inst, score, risk, day = inst[order], score[order], risk[order], day[order]
+    if len(key) > 1 and not (key[1:] >= key[:-1]).all():
+        order = np.argsort(key, kind="stable")
+        key, client, session = key[order], client[order], session[order]
+        inst, score, risk, day = inst[order], score[order], risk[order], day[order]
 
     n = len(key)
-    cell_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    cell_of_row = np.cumsum(np.r_[False, key[1:] != key[:-1]])
+    new_cell = np.empty(n, dtype=bool)
+    new_cell[0] = True
+    np.not_equal(key[1:], key[:-1], out=new_cell[1:])
+    cell_start = np.flatnonzero(new_cell)
+    cell_of_row = np.cumsum(new_cell) - 1
     cell_client = client[cell_start]
     cell_session = session[cell_start]
-    new_client = np.r_[True, cell_client[1:] != cell_client[:-1]]
+    new_client = np.empty(len(cell_start), dtype=bool)
+    new_client[0] = True
+    np.not_equal(cell_client[1:], cell_client[:-1], out=new_client[1:])
     seg_first_cell = np.flatnonzero(new_client)
     cell_seg = np.cumsum(new_client) - 1
     cell_col = np.arange(len(cell_start)) - seg_first_cell[cell_seg]
@@ -344,8 +412,8 @@ def _features_from_arrays(client: np.ndarray, session: np.ndarray, inst: np.ndar
 
     def scatter(mask: np.ndarray, values: np.ndarray, what: str) -> np.ndarray:
         g = grid()
-        flat = row_seg[mask] * width + row_col[mask]
-        if len(flat) != len(np.unique(flat)):
+        flat = row_seg[mask] * width + row_col[mask]  # non-decreasing: rows are sorted
+        if len(flat) > 1 and (flat[1:] == flat[:-1]).any():
             raise ValueError(f"more than one {what} score for a client at one session "
                              "(rule: duplicate_session); run features.contract.check_sessions")
         g.flat[flat] = values[mask]
@@ -401,7 +469,8 @@ def _features_from_arrays(client: np.ndarray, session: np.ndarray, inst: np.ndar
         q_seg = np.flatnonzero(last >= 0)
         q_col = last[q_seg]
     else:
-        hit = Pv & np.isin(S, at)
+        pos = np.minimum(np.searchsorted(at, S), len(at) - 1)
+        hit = Pv & (at[pos] == S)
         q_seg, q_col = np.nonzero(hit)  # row-major: by client, then session
     t = S[q_seg, q_col]
     out = np.full((len(q_seg), nf), np.nan)
@@ -423,8 +492,7 @@ def _features_from_arrays(client: np.ndarray, session: np.ndarray, inst: np.ndar
     out[:, _COL["change_raw"]] = change
     out[:, _COL["change_rc"]] = change / rci
     room = sev_in * span  # intake distance from the best possible score
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out[:, _COL["change_frac"]] = np.where(room > 0, change / room, np.nan)
+    out[:, _COL["change_frac"]] = np.where(room > 0, change / room, np.nan)
 
     # OLS slope of severity on log(session), from prefix sums.
     x = np.log(np.where(Pv, S, 1.0))
@@ -434,8 +502,7 @@ def _features_from_arrays(client: np.ndarray, session: np.ndarray, inst: np.ndar
     sxx = np.cumsum(x * x, axis=1)[q_seg, q_col]
     sxy = np.cumsum(x * y, axis=1)[q_seg, q_col]
     den = n_sc * sxx - sx * sx
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out[:, _COL["slope_log"]] = np.where(n_sc >= 2, (n_sc * sxy - sx * sy) / den, np.nan)
+    out[:, _COL["slope_log"]] = np.where(n_sc >= 2, (n_sc * sxy - sx * sy) / den, np.nan)
 
     # Variability: SD of successive severity differences.
     lastP = _ffill_index(Pv)
@@ -447,8 +514,7 @@ def _features_from_arrays(client: np.ndarray, session: np.ndarray, inst: np.ndar
     m = np.cumsum(dv, axis=1)[q_seg, q_col].astype(np.float64)
     sd = np.cumsum(d, axis=1)[q_seg, q_col]
     sdd = np.cumsum(d * d, axis=1)[q_seg, q_col]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var = np.maximum((sdd - sd * sd / m) / (m - 1), 0.0)
+    var = np.maximum((sdd - sd * sd / m) / (m - 1), 0.0)
     out[:, _COL["variability"]] = np.where(m >= 2, np.sqrt(var), np.nan)
 
     # Early change: intake to the latest score at or before min(t, EARLY_SESSION).
