@@ -259,8 +259,13 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
     else:
         med, _, _, bnd = m.expected.expected(intake, session)
         source = np.where(np.isfinite(bnd), "expected_response", "none").astype(object)
+        nav_course = None
         if m.navigator is not None:
-            nav = m.navigator.expected_at(X)  # (median, lower, upper, boundary) at session t
+            nav_course = m.navigator.expected_course(X)  # (n, max_session) arrays
+            s_idx = np.clip(session.astype(int), 1, m.navigator.max_session) - 1
+            r_idx = np.arange(n)
+            nav = tuple(nav_course[key][r_idx, s_idx]
+                        for key in ("median", "lower", "upper", "boundary"))
             has = np.isfinite(nav[3])
             med = np.where(has, nav[0], med)
             bnd = np.where(has, nav[3], bnd)
@@ -282,6 +287,13 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
                                          drivers=[d.__dict__ for d in drivers])
             ahead = np.arange(int(session[k]) + 1, int(session[k]) + 1 + horizon)
             cm, cl, cu, cb = m.expected.expected(np.full(horizon, intake[k]), ahead)
+            if nav_course is not None:  # the neighbours' course replaces it where it exists
+                j = np.clip(ahead, 1, m.navigator.max_session) - 1
+                nm, nl, nu, nb = (nav_course[key][k, j]
+                                  for key in ("median", "lower", "upper", "boundary"))
+                ok = np.isfinite(nb) & (ahead <= m.navigator.max_session)
+                cm, cl, cu, cb = (np.where(ok, a, b) for a, b in
+                                  ((nm, cm), (nl, cl), (nu, cu), (nb, cb)))
             courses[k] = [CoursePoint(session=int(s), expected=float(a), lower=float(b),
                                       upper=float(c), failure_boundary=float(d))
                           for s, a, b, c, d in zip(ahead, cm, cl, cu, cb, strict=True)]

@@ -109,6 +109,140 @@ def simulate(
                      oracle_clients=oracle_clients)
 
 
+def _progress():
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def _print_frame(frame, title: str, columns: dict[str, str], digits: int = 3) -> None:
+    import math
+
+    table = Table(title=title)
+    for label in columns.values():
+        table.add_column(label, justify="left" if label in {"model", "level", "subgroup"}
+                         else "right")
+    for row in frame.to_dict("records"):
+        cells = []
+        for key in columns:
+            v = row.get(key)
+            if key + "_lo" in row and isinstance(v, float) and not math.isnan(v):
+                cells.append(f"{v:.{digits}f} [{row[key + '_lo']:.{digits}f}, "
+                             f"{row[key + '_hi']:.{digits}f}]")
+            elif isinstance(v, float):
+                cells.append("—" if math.isnan(v) else f"{v:.{digits}f}")
+            else:
+                cells.append(str(v))
+        table.add_row(*cells)
+    console.print(table)
+
+
+def print_training_report(result) -> None:
+    for inst, r in result.reports.items():
+        s3 = r.comparison[r.comparison["session"] == 3]
+        _print_frame(s3, f"{inst}: not on track at the end of care, as of session 3 "
+                     "(cross-validated, grouped by client; 95% client-bootstrap intervals)",
+                     {"label": "model", "n": "n", "auroc": "AUROC", "brier": "Brier",
+                      "cal_slope": "cal. slope", "sensitivity": "sens.",
+                      "specificity": "spec.", "flag_rate": "flagged"})
+        if r.vs_oracle is not None:
+            _print_frame(r.vs_oracle, f"{inst}: the same rows as the Bayes oracle, session 3",
+                         {"label": "model", "n": "n", "auroc": "AUROC", "brier": "Brier",
+                          "cal_slope": "cal. slope"})
+        if r.external is not None:
+            _print_frame(r.external, f"{inst}: leave-clinics-out (external view), session 3",
+                         {"label": "model", "n": "n", "auroc": "AUROC", "brier": "Brier",
+                          "cal_slope": "cal. slope"})
+        _print_frame(r.deterioration, f"{inst}: eventual reliable deteriorators flagged by "
+                     "session 3 (anchor 85%, Hannan et al. 2005)",
+                     {"label": "model", "deteriorators": "deteriorators",
+                      "flagged_deteriorators": "flagged", "flagged_others": "others flagged"})
+        if r.dropout is not None:
+            _print_frame(r.dropout[r.dropout["session"] == 3], f"{inst}: dropout, session 3",
+                         {"label": "model", "n": "n", "auroc": "AUROC", "brier": "Brier",
+                          "cal_slope": "cal. slope"})
+        for note in r.notes:
+            console.print(f"[yellow]note[/yellow]: {note}")
+    if result.version is not None:
+        console.print(f"registered [bold]ontrack-not-risk[/bold] version {result.version} "
+                      "(alias candidate)")
+    if result.decision is not None:
+        colour = "green" if result.decision.promote else "yellow"
+        console.print(f"gate: [{colour}]{result.decision.reason}[/{colour}]")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Cohort folder or sessions file.")],
+    seed: Annotated[int, typer.Option(help="Seed for folds and models.")] = 0,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds.", min=2)] = 5,
+    neighbours: Annotated[int, typer.Option(help="Neighbours for the navigator.", min=5)] = 50,
+    instrument: Annotated[list[str] | None, typer.Option(
+        help="Instrument(s) to model (default: every outcome instrument with a cut-off).")
+    ] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for intervals.",
+                                           min=20)] = 200,
+    register: Annotated[bool, typer.Option(help="Log, register and gate the bundle.")] = True,
+    permute_labels: Annotated[bool, typer.Option(
+        help="Negative control: shuffle outcomes between clients before training.")] = False,
+) -> None:
+    """Cross-validate and compare all models, fit the bundle, log to MLflow, register, gate."""
+    from training.pipeline import Settings, TooLittleDataError
+    from training.train import train as run_training
+
+    cohort, _ = load_or_exit(data)
+    with _progress() as bar:
+        task = bar.add_task("training", total=None)
+        try:
+            result = run_training(
+                cohort, data, Settings(seed=seed, n_folds=folds, n_neighbors=neighbours),
+                instruments=instrument or None, n_boot=bootstrap, register_model=register,
+                permute_labels=permute_labels,
+                progress=lambda msg: bar.update(task, description=msg))
+        except TooLittleDataError as e:
+            bar.stop()
+            err.print(f"[red]error[/red]: {e}")
+            raise typer.Exit(1) from None
+        bar.update(task, description="done")
+    print_training_report(result)
+    console.print(f"MLflow run {result.run_id}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/ontrack-not-risk@champion")],
+    data: Annotated[Path, typer.Option(help="Cohort to validate on (not used in training).")],
+    bootstrap: Annotated[int, typer.Option(min=20)] = 200,
+) -> None:
+    """External validation of a registered model on another cohort, without retraining."""
+    from training.external import external_validation
+
+    cohort, _ = load_or_exit(data)
+    frames, run_id = external_validation(model, cohort, data, n_boot=bootstrap)
+    for inst, frame in frames.items():
+        _print_frame(frame, f"{inst}: external validation of {model}",
+                     {"session": "session", "n": "n", "auroc": "AUROC", "brier": "Brier",
+                      "cal_slope": "cal. slope", "cal_intercept": "cal. intercept",
+                      "sensitivity": "sens.", "specificity": "spec.", "flag_rate": "flagged"})
+    console.print(f"logged to MLflow run {run_id}")
+
+
+@app.command()
+def compare(
+    run_id: Annotated[str | None, typer.Option(help="Training run (default: the latest).")] = None,
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports"),
+) -> None:
+    """Leaderboard of the latest training run, and a Markdown report with its plots."""
+    from training.report import comparison_report
+
+    path, leaderboard = comparison_report(run_id, out)
+    _print_frame(leaderboard, "Leaderboard (AUROC as of session 3, cross-validated)",
+                 {"instrument": "instrument", "label": "model", "auroc": "AUROC",
+                  "brier": "Brier", "cal_slope": "cal. slope", "flag_rate": "flagged"})
+    console.print(f"report: {path}")
+
+
 @app.command()
 def demo(
     clients: Annotated[int, typer.Option(help="Clients to simulate.", min=100)] = 5000,

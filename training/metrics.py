@@ -159,7 +159,7 @@ def net_benefit(y: np.ndarray, p: np.ndarray, thresholds=np.arange(0.05, 0.81, 0
         flag = p >= t
         tp, fp = np.sum(flag & y), np.sum(flag & ~y)
         w = t / (1 - t)
-        rows.append({"threshold": round(float(t), 3), "model": tp / n - fp / n * w,
+        rows.append({"threshold": round(float(t), 3), "net_benefit": tp / n - fp / n * w,
                      "flag_all": prev - (1 - prev) * w, "flag_none": 0.0})
     return pd.DataFrame(rows)
 
