@@ -148,8 +148,10 @@ def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, fl
     }
 
 
-def net_benefit(y: np.ndarray, p: np.ndarray, thresholds=np.arange(0.05, 0.81, 0.05)
-                ) -> pd.DataFrame:
+THRESHOLDS = tuple(np.round(np.arange(0.05, 0.81, 0.05), 2))
+
+
+def net_benefit(y: np.ndarray, p: np.ndarray, thresholds=THRESHOLDS) -> pd.DataFrame:
     """Decision-curve analysis (Vickers & Elkin 2006): net benefit of flagging at each threshold
     against flagging everyone and no one."""
     y, p = np.asarray(y, bool), np.asarray(p, float)

@@ -22,7 +22,7 @@ from models.baseline import LogisticRisk
 from models.bundle import Bundle, InstrumentModels, Population
 from models.expected import ExpectedResponse, trajectory_points
 from models.expected_risk import ExpectedResponseRisk
-from models.neighbours import NeighbourNavigator, trajectory_matrix
+from models.neighbours import NeighbourNavigator
 from models.risk import MIN_TRAINING_CASES, GBMRisk, InsufficientDataError
 from training.dataset import TrainingRows, build_rows, holdout_mask, outcome_instruments
 
