@@ -57,8 +57,8 @@ FLUCKIGER_SOURCE = ("Flückiger, Rubel, Del Re et al. 2020, J Consult Clin Psych
                     "(two-stage IPD meta-analysis, first 7 sessions, n > 5,000)")
 #: Within-person SDs used to put the standardised coefficients on raw points (assumed; the
 #: summary re-estimates both SDs and both coefficients from every simulated cohort).
-SD_WITHIN_PHQ = 3.0  # PHQ-9 points, within-person around the person mean, sessions 1-7
-SD_WITHIN_SRS = 2.0  # SRS points, within-person around the person mean
+SD_WITHIN_PHQ = 3.2  # PHQ-9 points, within-person around the person mean, sessions 1-7
+SD_WITHIN_SRS = 1.4  # SRS points, within-person around the person mean
 #: Local slopes used to put raw points on the kernels' logit scales (derivative of the
 #: expected total with respect to the latent at the typical level).
 DPHQ_DETA = 6.5  # d E[PHQ-9] / d eta near PHQ-9 = 14 (Rasch model below)
@@ -91,22 +91,22 @@ class Params:
 
     # --- trajectory classes (tuned mix and slopes; Finch, Lambert & Schaalje 2001: expected
     # change is linear in log(session)) ---
-    traj_prior: tuple[float, ...] = (0.30, 0.30, 0.17, 0.07, 0.04, 0.035, 0.03, 0.02, 0.02,
+    traj_prior: tuple[float, ...] = (0.30, 0.28, 0.17, 0.09, 0.04, 0.035, 0.03, 0.02, 0.02,
                                      0.015)
-    traj_beta: tuple[float, ...] = (0.78, 0.42, 0.06, -0.28, 0.22, 0.22, 0.22, 0.22, 0.22, 0.22)
-    sudden_gain_drop: float = 0.85  # logit drop at the gain session (tuned; assumed size)
+    traj_beta: tuple[float, ...] = (1.35, 0.75, 0.06, -0.40, 0.40, 0.40, 0.40, 0.40, 0.40, 0.40)
+    sudden_gain_drop: float = 1.0  # logit drop at the gain session (tuned; assumed size)
     # --- random effects (assumed; therapist share of slope variance ~ 15%, Wampold & Imel) ---
     b1_sd_client: float = 0.16
     b1_sd_therapist: float = 0.07
     b1_sd_clinic: float = 0.03
     # --- intake severity: PHQ-9 mean about 15-16, SD about 5 in NHS Talking Therapies
     # referrals (assumed from NHS annual reports); covariates shift it (assumed) ---
-    b0_mu: float = 0.38
+    b0_mu: float = 0.08
     b0_sd: float = 0.72
     b0_diag: tuple[float, ...] = (0.15, -0.20, 0.10)  # depression, anxiety, mixed
     b0_female: float = 0.05
     b0_medication: float = 0.35  # clients who need a medication review start more severe
-    eg_mu: tuple[float, ...] = (-0.25, 0.45, 0.15)  # GAD-7 latent offset by diagnosis
+    eg_mu: tuple[float, ...] = (-0.65, 0.10, -0.20)  # GAD-7 latent offset by diagnosis
     eg_sd: float = 0.45
     # --- item difficulties (assumed; item 9 rarely endorsed, sleep/energy most) ---
     phq_delta: tuple[float, ...] = (0.25, 0.20, 0.55, 0.65, 0.15, -0.05, 0.0, -0.45, -2.6)
@@ -125,7 +125,7 @@ class Params:
     rho: float = 0.3  # persistence of the last observed residual (assumed)
     # --- domains (assumed prevalences; Lambert's Assessment for Signal Clients domains) ---
     dom_prev: tuple[float, ...] = (0.20, 0.25, 0.25, 0.20, 0.15)
-    dom_slope_penalty: tuple[float, ...] = (0.0, 0.0, 0.14, 0.0, 0.18)
+    dom_slope_penalty: tuple[float, ...] = (0.12, 0.0, 0.14, 0.0, 0.18)
     # --- life events (assumed) ---
     le_hazard: tuple[float, ...] = (0.02, 0.16)  # per slot, without / with the domain
     le_eta: float = 0.45  # symptom shock in the session of the event
@@ -135,16 +135,16 @@ class Params:
     miss_motivation: float = 1.0
     miss_alliance: float = 0.25  # per 4 SRS points below 36 at the last session
     # --- ending (tuned to the dropout and mean-sessions targets) ---
-    drop0: float = -2.9
-    drop_intake: float = 0.9  # extra log-odds of not returning after the assessment
+    drop0: float = -3.8
+    drop_intake: float = 0.6  # extra log-odds of not returning after the assessment
     drop_alliance: float = 0.35  # per 4 SRS points below 36
     drop_progress: float = -0.30  # per 6 PHQ-9 points of improvement since intake
     drop_motivation: float = 0.8
     drop_age: tuple[float, ...] = (0.45, 0.25, 0.0, -0.15, -0.2)  # younger clients drop out more (Swift & Greenberg 2012)
-    drop_after_miss: float = -1.1
-    fin0: float = -3.3
-    fin_recovered: float = 1.6  # PHQ-9 below caseness at the session
-    fin_session: float = 0.22  # per session after the second
+    drop_after_miss: float = 0.8
+    fin0: float = -3.7
+    fin_recovered: float = 1.4  # PHQ-9 below caseness at the session
+    fin_session: float = 0.20  # per session after the second
     # --- the simulated therapist (observable off-track rule; assumed) ---
     offtrack_tol: float = 2.0  # PHQ-9 points above the expected course
     offtrack_rc_session: float = 8.0  # expected course reaches 6 points at this session (Lambert)

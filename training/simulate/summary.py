@@ -42,31 +42,28 @@ def _wide(sessions: pd.DataFrame) -> pd.DataFrame:
 def cross_lagged(sessions: pd.DataFrame, max_session: int = 7) -> dict[str, float]:
     """Within-person cross-lagged coefficients, standardised as in Flückiger et al. 2020.
 
-    Sessions 1..`max_session`; each score is centred on the person's mean and divided by the
-    pooled within-person SD; consecutive attended sessions form the lagged pairs. Two OLS fits:
-    PHQ_next ~ PHQ_now + SRS_now and SRS_next ~ SRS_now + PHQ_now.
+    Sessions 1..`max_session`, clients with >= 4 paired PHQ-9/SRS scores there. Each score is
+    centred on the person's mean and divided by the pooled within-person SD; consecutive
+    attended sessions form the lagged pairs. Two OLS fits with log(session) as a covariate (the
+    course trend would otherwise bias the within-person paths):
+    PHQ_next ~ PHQ_now + SRS_now + log(session) and SRS_next ~ SRS_now + PHQ_now + log(session).
     """
     w = _wide(sessions[sessions["session"] <= max_session])[["PHQ-9", "SRS"]].dropna()
     cid = w.index.get_level_values("client_id")
     n = w.groupby(level="client_id").size()
-    keep = cid.isin(n.index[n >= 3])
-    w = w[keep]
-    cid = w.index.get_level_values("client_id")
+    w = w[cid.isin(n.index[n >= 4])]
+    cid = w.index.get_level_values("client_id").to_numpy()
+    t = np.log(w.index.get_level_values("session").to_numpy(dtype=float))
     cen = w - w.groupby(level="client_id").transform("mean")
-    sd = {c: float(np.sqrt((cen[c] ** 2).sum() / max(len(cen) - cen.index.get_level_values(0).nunique(), 1)))
-          for c in cen.columns}
-    z = cen / pd.Series(sd)
-    same = np.asarray(cid[1:] == cid[:-1])
-    x_now, x_next = z.to_numpy()[:-1][same], z.to_numpy()[1:][same]
-
-    def ols(y, X):
-        X = np.column_stack([np.ones(len(X)), X])
-        return np.linalg.lstsq(X, y, rcond=None)[0]
-
-    b_sym = ols(x_next[:, 0], x_now)  # [const, PHQ_now, SRS_now]
-    b_all = ols(x_next[:, 1], x_now)  # [const, PHQ_now, SRS_now]
+    sd = np.sqrt((cen**2).mean())
+    z = (cen / sd).to_numpy()
+    same = cid[1:] == cid[:-1]
+    X = np.column_stack([np.ones(same.sum()), z[:-1][same], t[1:][same]])
+    b_sym = np.linalg.lstsq(X, z[1:, 0][same], rcond=None)[0]  # [const, PHQ, SRS, time]
+    b_all = np.linalg.lstsq(X, z[1:, 1][same], rcond=None)[0]
     return {"alliance_to_symptom": float(b_sym[2]), "symptom_to_alliance": float(b_all[1]),
-            "sd_within_phq": sd["PHQ-9"], "sd_within_srs": sd["SRS"], "pairs": float(len(x_now))}
+            "sd_within_phq": float(sd["PHQ-9"]), "sd_within_srs": float(sd["SRS"]),
+            "pairs": float(same.sum())}
 
 
 def sudden_gain_share(sessions: pd.DataFrame) -> float:
@@ -146,7 +143,7 @@ def summary(sessions: pd.DataFrame, clients: pd.DataFrame, truth: pd.DataFrame |
                    "Flückiger et al. 2020"),
         SummaryRow("within-person SD PHQ-9 / SRS (s1-7)",
                    f"{cl['sd_within_phq']:.2f} / {cl['sd_within_srs']:.2f}",
-                   "assumed 3.0 / 2.0 for the conversion", None, None, False, "docs/simulator.md"),
+                   "assumed 3.2 / 1.4 for the conversion", None, None, False, "docs/simulator.md"),
         SummaryRow("sudden-gain share (>= 4 scores)", sudden_gain_share(sessions),
                    "a sizeable minority (VERIFY)", None, None, False, "domain.md"),
         SummaryRow("sessions attended p10/p25/p50/p75/p90 (ended)",
