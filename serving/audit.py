@@ -1,0 +1,121 @@
+"""Append-only audit log of every assessment (SQLite, WAL).
+
+One row per assessed client: time, request id, clinic, client pseudonym (HMAC-SHA256 of the
+client id with the deployment secret, so the clinic can re-identify its own client and nobody
+else can), instrument, model version, signal colour, at_risk and safety status. No scores, no
+dates, no client id. Triggers refuse UPDATE and DELETE, so rows can only be added.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import hmac
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+COLUMNS = ("id", "time", "request_id", "clinic", "client_pseudonym", "instrument",
+           "model_version", "signal", "at_risk", "safety")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS assessments (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    time             TEXT NOT NULL,
+    request_id       TEXT NOT NULL,
+    clinic           TEXT NOT NULL,
+    client_pseudonym TEXT NOT NULL,
+    instrument       TEXT NOT NULL,
+    model_version    TEXT NOT NULL,
+    signal           TEXT NOT NULL,
+    at_risk          INTEGER,
+    safety           TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS assessments_no_update BEFORE UPDATE ON assessments
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS assessments_no_delete BEFORE DELETE ON assessments
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
+"""
+
+
+def pseudonym(secret: bytes, client_id: str) -> str:
+    return hmac.new(secret, client_id.encode(), hashlib.sha256).hexdigest()
+
+
+class AuditLog:
+    def __init__(self, path: Path, secret: str) -> None:
+        self.path = Path(path)
+        self._secret = secret.encode()
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def open(self) -> AuditLog:
+        self._db()
+        return self
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def record(self, request_id: str, clinic: str, assessments: Iterable) -> int:
+        """Append one row per `models.assess.Assessment`; returns the number of rows."""
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        rows = [(now, request_id, clinic, pseudonym(self._secret, a.client_id), a.instrument,
+                 a.risk.model_version if a.risk is not None else "none", a.signal.colour,
+                 None if a.risk is None else int(a.risk.at_risk), a.safety.status)
+                for a in assessments]
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN")
+            try:
+                db.executemany(
+                    "INSERT INTO assessments (time, request_id, clinic, client_pseudonym, "
+                    "instrument, model_version, signal, at_risk, safety) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            except sqlite3.Error:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return len(rows)
+
+    def rows(self, since: str | None = None) -> Iterator[dict]:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM assessments"
+        args: tuple = ()
+        if since:
+            sql += " WHERE time >= ?"
+            args = (since,)
+        with self._lock:
+            data = self._db().execute(sql + " ORDER BY id", args).fetchall()
+        for r in data:
+            yield dict(zip(COLUMNS, r, strict=True))
+
+    def export(self, out: IO[str], fmt: str = "csv", since: str | None = None) -> int:
+        n = 0
+        if fmt == "csv":
+            w = csv.DictWriter(out, fieldnames=COLUMNS)
+            w.writeheader()
+            for r in self.rows(since):
+                w.writerow(r)
+                n += 1
+        elif fmt == "jsonl":
+            for r in self.rows(since):
+                out.write(json.dumps(r) + "\n")
+                n += 1
+        else:
+            raise ValueError(f"unknown format {fmt!r}; expected csv or jsonl")
+        return n

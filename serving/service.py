@@ -1,0 +1,251 @@
+"""The OnTrack prediction service: ONE BentoML service class.
+
+Start-up (``__init__``) does all the work: settings, log redaction, the bundle from the MLflow
+registry (``ontrack-not-risk@champion`` or ``ONTRACK_MODEL_VERSION``) or, inside a Bento, from
+the BentoML store; the model card; the audit log; a warm-up assessment. Importing this module
+only declares things.
+
+Routes (see docs/service.md):
+
+* ``POST /v1/assess`` (bearer key, scope ``assess``): one or many clients -> one explained
+  `models.assess.Assessment` each. Validation: `serving.middleware.RequestGuard` (auth, size,
+  JSON, types), then `serving.schemas` (request structure and `features.contract.check_sessions`).
+* ``POST /v1/noop`` (same auth): does nothing; the benchmark's baseline.
+* ``GET /v1/model`` (open: no client data): the model card. ``GET /v1/health`` (open).
+* BentoML's own: ``/`` (Swagger UI), ``/docs.json`` (OpenAPI), ``/readyz``, ``/livez``,
+  ``/healthz``, ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import uuid
+from typing import Any
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
+
+from serving.middleware import RequestGuard
+from serving.schemas import (
+    EXAMPLE_INPUT,
+    AssessRequest,
+    AssessResponse,
+    ClientIn,
+    ErrorResponse,
+    Problem,
+    contract_problems,
+    request_problems,
+    to_frames,
+)
+from serving.settings import BENTO_MODEL_TAG, ServingSettings
+
+log = logging.getLogger("serving.service")
+
+
+# ------------------------------------------------------------------------------------------
+# Model card and health (response schemas)
+# ------------------------------------------------------------------------------------------
+class InstrumentCard(BaseModel):
+    instrument: str
+    failure_model: str
+    dropout_model: str | None
+    threshold: float | None = Field(description="Stored at-risk threshold on p_failure.")
+    model_size: dict[str, Any] = Field(default_factory=dict,
+                                       description="Trees, leaves and depth of the booster.")
+    training_population: dict[str, Any]
+    validation: dict[str, Any] = Field(description="Validation figures with intervals, as "
+                                       "recorded by training.")
+
+
+class ModelCard(BaseModel):
+    name: str
+    version: str
+    source: str
+    date: str | None = Field(description="When the model was trained or registered.")
+    feature_version: str
+    intended_use: Any = None
+    inputs: Any = None
+    logic: Any = None
+    limits: Any = None
+    instruments: list[InstrumentCard]
+    card: dict[str, Any] = Field(default_factory=dict,
+                                 description="Every field of the bundle's model card.")
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str
+    feature_version: str
+    instruments: list[str]
+
+
+def _plain(x: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, NaN/inf to None, tuples to lists."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return [_plain(v) for v in x.tolist()]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dt.date | dt.datetime):
+        return x.isoformat()
+    if hasattr(x, "__dataclass_fields__"):
+        return _plain(dict(x.__dict__))
+    return x
+
+
+def _size(est) -> dict[str, Any]:
+    booster = getattr(est, "booster_", None)
+    if booster is None:
+        return {}
+    dump = booster.dump_model()
+    trees = dump.get("tree_info", [])
+
+    def depth(node) -> int:
+        if "leaf_index" in node or "leaf_value" in node and "split_index" not in node:
+            return 0
+        return 1 + max(depth(node["left_child"]), depth(node["right_child"]))
+
+    return {"trees": len(trees),
+            "max_leaves": max((t["num_leaves"] for t in trees), default=0),
+            "max_depth": max((depth(t["tree_structure"]) for t in trees), default=0)}
+
+
+def build_card(bundle, source: str, settings: ServingSettings) -> ModelCard:
+    card = dict(bundle.card or {})
+    instruments = []
+    for code, m in bundle.models.items():
+        instruments.append(InstrumentCard(
+            instrument=code,
+            failure_model=type(m.failure).__name__,
+            dropout_model=None if m.dropout is None else type(m.dropout).__name__,
+            threshold=_plain(getattr(m.failure, "threshold_", None)),
+            model_size=_size(m.failure),
+            training_population=_plain(m.population),
+            validation=_plain(m.validation or {})))
+    return ModelCard(
+        name=settings.model_name, version=bundle.version, source=source,
+        date=_plain(card.get("date") or card.get("trained") or
+                    bundle.provenance.get("date")),
+        feature_version=bundle.feature_version,
+        intended_use=_plain(card.get("intended_use")), inputs=_plain(card.get("inputs")),
+        logic=_plain(card.get("logic")), limits=_plain(card.get("limits")),
+        instruments=instruments, card=_plain(card), provenance=_plain(bundle.provenance))
+
+
+def _example_frames():
+    req = AssessRequest.model_validate_json(json.dumps(EXAMPLE_INPUT))
+    return to_frames(req)
+
+
+# ------------------------------------------------------------------------------------------
+api = FastAPI(title="OnTrack information routes", docs_url=None, redoc_url=None,
+              openapi_url=None)
+
+
+@bentoml.service(name="ontrack", traffic={"timeout": 60}, workers=1,
+                 http={"cors": {"enabled": False}})
+@bentoml.asgi_app(api, path="/v1")
+class OnTrack:
+    """Not-on-track risk, expected course, explanations and suggestions for ROM data."""
+
+    # Packaged by `bentoml build` (imported by `ontrack build`); loaded only when
+    # ONTRACK_MODEL_SOURCE=bentoml (set in bentofile.yaml), else the MLflow registry is used.
+    model_ref = bentoml.models.BentoModel(BENTO_MODEL_TAG)
+
+    def __init__(self) -> None:
+        from features.logs import configure_logging
+        from serving import logredact
+        from serving.audit import AuditLog
+        from serving.loader import load, load_from_bentoml
+
+        self.settings = ServingSettings()
+        configure_logging()
+        logredact.install()
+        if self.settings.model_source == "bentoml":
+            loaded = load_from_bentoml(self.settings, self.model_ref.stored.path_of(
+                "mlflow_model"))
+        else:
+            loaded = load(self.settings)
+        self.bundle = loaded.bundle
+        self.card = build_card(self.bundle, loaded.source, self.settings)
+        self.audit = AuditLog(self.settings.audit_path,
+                              self.settings.audit_secret.get_secret_value()).open()
+        ex = _example_frames()  # warm-up: first-call costs paid before the first request
+        self.bundle.assess(ex.sessions, ex.covariates, horizon=self.settings.horizon)
+        log.info("service ready: model %s from %s", self.bundle.version, loaded.source)
+
+    # -------------------------------------------------------------------------- core logic
+    def run(self, request: AssessRequest, clinic: str) -> tuple[int, Any]:
+        """(status, body) for one validated-typed request; the HTTP route wraps this."""
+        problems = request_problems(request, self.settings.max_clients)
+        frames = None
+        if not problems:
+            frames = to_frames(request)
+            problems = contract_problems(frames)
+        if problems:
+            return 422, ErrorResponse(error="invalid_request",
+                                      message=f"{len(problems)} problem(s) in the request",
+                                      detail=problems)
+        assessments = self.bundle.assess(frames.sessions, frames.covariates,
+                                         horizon=self.settings.horizon)
+        self.audit.record(uuid.uuid4().hex, clinic, assessments)
+        return 200, AssessResponse(model_version=self.bundle.version,
+                                   feature_version=self.bundle.feature_version,
+                                   assessments=assessments)
+
+    # -------------------------------------------------------------------------- routes
+    @bentoml.api(route="/v1/assess", input_spec=AssessRequest, output_spec=AssessResponse)
+    def assess(self, clients: list[ClientIn], ctx: bentoml.Context) -> AssessResponse:
+        """Assess one or many clients: risk, signal, expected course, reliable change,
+        alliance, explained drivers, suggestions, safety and population checks."""
+        state = ctx.request.state
+        request = getattr(state, "assess_request", None)
+        if request is None:
+            request = AssessRequest.model_construct(clients=clients)
+        clinic = getattr(state, "clinic", None) or "unauthenticated"
+        try:
+            status, body = self.run(request, clinic)
+        except Exception as err:  # a bug, never client input: no data in the log or reply
+            log.error("assessment failed (%s); request details withheld", type(err).__name__)
+            ctx.response.status_code = 500
+            return JSONResponse(ErrorResponse(
+                error="internal_error", message="the assessment failed; the error was logged "
+                "without client data").model_dump(), status_code=500)
+        if status != 200:
+            ctx.response.status_code = status
+            return JSONResponse(body.model_dump(), status_code=status)
+        return body
+
+    @bentoml.api(route="/v1/noop")
+    def noop(self) -> dict:
+        """Does nothing, behind the same auth as /v1/assess (benchmark baseline)."""
+        return {"ok": True}
+
+    @api.get("/model", response_model=ModelCard, tags=["model"])
+    def model_card(self) -> ModelCard:
+        """The model card: intended use, inputs, logic, training population, validation
+        figures with intervals, limits, version and date. Open (holds no client data)."""
+        return self.card
+
+    @api.get("/health", response_model=Health, tags=["health"])
+    def health(self) -> Health:
+        return Health(status="ok", model_version=self.bundle.version,
+                      feature_version=self.bundle.feature_version,
+                      instruments=list(self.bundle.models))
+
+
+OnTrack.add_asgi_middleware(RequestGuard)
+
+__all__ = ["OnTrack", "EXAMPLE_INPUT", "Problem", "ModelCard"]

@@ -1,0 +1,81 @@
+"""Service settings (pydantic-settings, environment prefix ``ONTRACK_``).
+
+Read once by each entry point (`ontrack serve`, the service's start-up); importing this module
+reads nothing, creates nothing and sets no tracking URI. A placeholder secret is refused outside
+development (the full-stack-fastapi-template rule: fail fast, never run production on a
+default secret).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_NAME = "ontrack-not-risk"  # the registered model (training/tracking.py uses the same name)
+BENTO_MODEL_TAG = f"{MODEL_NAME}:latest"
+PLACEHOLDER_SECRET = "development-only-change-me"
+
+
+class ServingSettings(BaseSettings):
+    """Everything the service reads from its environment (``ONTRACK_<NAME>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ONTRACK_", extra="ignore",
+                                      protected_namespaces=())
+
+    environment: Literal["development", "production"] = Field(
+        "development", description="production refuses the placeholder audit secret and "
+        "never creates development keys.")
+    # ---- which model
+    model_name: str = Field(MODEL_NAME, description="Registered model name in MLflow.")
+    model_alias: str = Field("champion", description="Registry alias loaded at start-up.")
+    model_version: str | None = Field(
+        None, description="A registry version number; overrides model_alias when set.")
+    model_source: Literal["registry", "bentoml"] = Field(
+        "registry", description="registry: MLflow registry (development); bentoml: the model "
+        "packaged in the Bento (set by bentofile.yaml).")
+    bento_model_tag: str = Field(BENTO_MODEL_TAG, description="BentoML store tag.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking/registry URI; default MLFLOW_TRACKING_URI, else "
+        "sqlite:///<repo>/mlflow/mlflow.db.")
+    bentoml_home: Path = Field(REPO_ROOT / "bentoml_home",
+                               description="BENTOML_HOME used by `ontrack build`/`serve`.")
+    # ---- state files
+    keys_path: Path = Field(REPO_ROOT / "var" / "keys.sqlite",
+                            description="API keys (hashes only).")
+    audit_path: Path = Field(REPO_ROOT / "var" / "audit.sqlite",
+                             description="Append-only audit log (SQLite, WAL).")
+    audit_secret: SecretStr = Field(
+        SecretStr(PLACEHOLDER_SECRET), description="Deployment secret for client pseudonyms "
+        "(HMAC-SHA256 of the client id). Set a long random value in production.")
+    require_auth: bool = Field(True, description="Bearer keys on /v1/assess, /v1/noop.")
+    # ---- request limits
+    max_clients: int = Field(1000, ge=1, description="Most clients in one request.")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body.")
+    horizon: int = Field(4, ge=1, le=12, description="Sessions ahead in the expected course.")
+    num_threads: int = Field(1, ge=1, description="LightGBM threads on the request path.")
+    # ---- server
+    host: str = "127.0.0.1"
+    port: int = 3000
+
+    @model_validator(mode="after")
+    def _no_placeholder_in_production(self) -> ServingSettings:
+        if (self.environment == "production"
+                and self.audit_secret.get_secret_value() == PLACEHOLDER_SECRET):
+            raise ValueError("ONTRACK_AUDIT_SECRET must be set in production (the placeholder "
+                             "secret would make client pseudonyms guessable)")
+        if len(self.audit_secret.get_secret_value()) < 16:
+            raise ValueError("ONTRACK_AUDIT_SECRET must be at least 16 characters")
+        return self
+
+    def resolved_tracking_uri(self) -> str:
+        """ONTRACK_TRACKING_URI, else MLFLOW_TRACKING_URI, else SQLite under <repo>/mlflow/."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        return f"sqlite:///{(REPO_ROOT / 'mlflow' / 'mlflow.db').resolve()}"
