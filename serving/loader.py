@@ -122,4 +122,5 @@ def import_to_bentoml(settings: ServingSettings):
         settings.model_name, uri,
         labels={"registry_version": str(mv.version)},
         metadata={"registry_version": str(mv.version), "model_uri": uri,
+                  "tracking_uri": settings.resolved_tracking_uri(),
                   "run_id": str(mv.run_id or "")})

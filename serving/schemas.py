@@ -119,7 +119,7 @@ class ClientIn(BaseModel):
 
 class AssessRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False,
-                              json_schema_extra={"examples": [EXAMPLE_INPUT]})
+                              json_schema_extra={"example": EXAMPLE_INPUT})
 
     clients: list[ClientIn] = Field(min_length=1, description="One or many clients (at most "
                                     "ONTRACK_MAX_CLIENTS per call, default 1,000).")
