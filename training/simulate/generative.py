@@ -330,7 +330,8 @@ def simulate_cohort(n_clients: int, seed: int, oracle_clients: int = 5000,
         n_or = min(oracle_clients, n_clients)
         subset = np.sort(pick_rng.choice(n_clients, size=n_or, replace=False))
         val, se, info = oracle_for_cohort(pk, lay, obs, subset, seed, oracle_sessions,
-                                          oracle_se, oracle_max_paths, progress)
+                                          oracle_se, oracle_max_paths, progress,
+                                          slope_sd=p.b1_sd)
         for j, t in enumerate(ORACLE_SESSIONS):
             truth.loc[subset, f"oracle_failure_s{t}"] = val[:, j]
             truth.loc[subset, f"oracle_se_s{t}"] = se[:, j]

@@ -143,6 +143,30 @@ def rasch_pmf(eta, delta, logg, out):
 
 
 @nb.njit(**JIT)
+def rasch_pmf_fast(eta, gexp, out):
+    """Same as `rasch_pmf` by polynomial evaluation (gexp = exp(logg)): one exp, no overflow."""
+    n = gexp.shape[0]
+    tot = 0.0
+    if eta <= 0.0:
+        x = math.exp(eta)
+        xp = 1.0
+        for s in range(n):
+            out[s] = gexp[s] * xp
+            tot += out[s]
+            xp *= x
+    else:
+        x = math.exp(-eta)
+        xp = 1.0
+        for s in range(n - 1, -1, -1):
+            out[s] = gexp[s] * xp
+            tot += out[s]
+            xp *= x
+    inv = 1.0 / tot
+    for s in range(n):
+        out[s] *= inv
+
+
+@nb.njit(**JIT)
 def rasch_sample(eta, delta, logg, u):
     lz = rasch_logz(eta, delta)
     c = 0.0
@@ -259,14 +283,19 @@ def p_miss(P, d, e, s, st):
 
 
 @nb.njit(**JIT)
-def p_drop(P, d, age, s, phq, srs, st):
-    """Dropout after an attended slot s with PHQ-9 = phq and SRS = srs at that slot."""
+def drop_logit(P, d, age, s, phq, srs, st):
+    """Log-odds of dropout after an attended slot s with PHQ-9 = phq and SRS = srs there."""
     x = (P[P_DROP0] + P[P_DROP_ALL] * (36.0 - srs) / 4.0
          + P[P_DROP_PROG] * (st[ST_PHQ1] - phq) / 6.0
          + P[P_DROP_MOT] * motivation_active(P, d, s, st) + P[P_DROP_AGE + age])
     if s == 1:
         x += P[P_DROP_INTAKE]
-    return sigmoid(x)
+    return x
+
+
+@nb.njit(**JIT)
+def p_drop(P, d, age, s, phq, srs, st):
+    return sigmoid(drop_logit(P, d, age, s, phq, srs, st))
 
 
 @nb.njit(**JIT)
