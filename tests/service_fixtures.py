@@ -1,0 +1,109 @@
+"""Shared by tests/test_service*.py: a small seeded cohort, a fitted bundle registered in a
+temporary MLflow store (``ontrack-not-risk@champion``), and environment for the service.
+
+Tests may import training/; the service never does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "ontrack-not-risk"
+
+
+def make_cohort(out: Path, n: int = 1500, seed: int = 1) -> Path:
+    """PHQ-9 (+ item 9), GAD-7 and SRS per session; clinic; end status and age band."""
+    rng = np.random.default_rng(seed)
+    rows, clients = [], []
+    for i in range(n):
+        cid = f"T{i:05d}"
+        intake = int(rng.integers(8, 27))
+        slope = rng.normal(-3, 2.5)
+        last = int(rng.integers(2, 16))
+        drop = rng.random() < 0.25
+        clinic = f"k{rng.integers(0, 6)}"
+        alliance = rng.normal(34, 3)
+        for s in range(1, last + 1):
+            if s > 1 and rng.random() < 0.1:
+                continue
+            sc = int(np.clip(round(intake + slope * np.log(s) + rng.normal(0, 2.5)), 0, 27))
+            gad = int(np.clip(round(sc * 0.7 + rng.normal(0, 2)), 0, 21))
+            item9 = int(rng.random() < 0.05)
+            rows.append((cid, s, "PHQ-9", sc, clinic, item9))
+            rows.append((cid, s, "GAD-7", gad, clinic, None))
+            srs = float(np.clip(round(alliance + rng.normal(0, 1.5) - 0.1 * sc, 1), 0, 40))
+            rows.append((cid, s, "SRS", srs, clinic, None))
+        clients.append((cid, "dropout" if drop else "finished",
+                        str(rng.choice(["18-25", "26-40", "41-65"]))))
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["client_id", "session", "instrument", "score", "clinic_id",
+                                "item_9"]).to_csv(out / "sessions.csv", index=False)
+    pd.DataFrame(clients, columns=["client_id", "end_status", "age_band"]).to_csv(
+        out / "clients.csv", index=False)
+    return out
+
+
+def fit_bundle(cohort_dir: Path, gbm: dict | None = None):
+    import warnings
+
+    from features.contract import load_cohort
+    from models.neighbours import trajectory_matrix
+    from training.pipeline import Settings, fit_instrument, instrument_rows, make_bundle
+
+    cohort = load_cohort(cohort_dir)
+    rows = instrument_rows(cohort, ["PHQ-9"])["PHQ-9"]
+    traj = trajectory_matrix(cohort.sessions, "PHQ-9")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = fit_instrument(cohort, rows, Settings(gbm=gbm or {}), traj)
+    models.validation = {"auroc": {"estimate": 0.71, "lo": 0.66, "hi": 0.75},
+                         "note": "test fixture figures"}
+    card = {"intended_use": "Test fixture: flags clients not on track in routine outcome "
+            "monitoring.", "inputs": "PHQ-9 (+ item 9), GAD-7, SRS per session",
+            "logic": "LightGBM risk with TreeSHAP drivers", "limits": "synthetic data",
+            "date": "2025-01-01"}
+    return make_bundle({"PHQ-9": models}, card, {"data": "synthetic test cohort"})
+
+
+def register(bundle, store: Path) -> str:
+    """Log the bundle as the pyfunc, register it and alias it champion; returns the URI."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from models.pyfunc import OnTrackModel
+
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    store.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, uri)
+    exp = client.create_experiment("service-tests",
+                                   artifact_location=(store / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=exp):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=OnTrackModel(bundle),
+            code_paths=[str(REPO / "features"), str(REPO / "models")],
+            pip_requirements=["lightgbm==4.7.0", "pandas>=3.1,<3.2", "numpy>=2.4,<2.5",
+                              "scikit-learn>=1.9.1,<1.10", "mlflow>=3.17.2,<3.18"])
+    mv = mlflow.register_model(info.model_uri, MODEL_NAME)
+    client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
+    return uri
+
+
+def service_env(root: Path, tracking_uri: str) -> dict[str, str]:
+    return {
+        "ONTRACK_TRACKING_URI": tracking_uri,
+        "ONTRACK_KEYS_PATH": str(root / "keys.sqlite"),
+        "ONTRACK_AUDIT_PATH": str(root / "audit.sqlite"),
+        "ONTRACK_AUDIT_SECRET": "test-secret-0123456789abcdef",
+        "ONTRACK_BENTOML_HOME": str(root / "bentoml_home"),
+        "BENTOML_HOME": str(root / "bentoml_home"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "BENTOML_DO_NOT_TRACK": "True",
+    }

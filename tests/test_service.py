@@ -1,0 +1,449 @@
+"""The prediction service in-process (BentoML app through Starlette's TestClient).
+
+Covers: the explained assessment and its logit identity, sentence templates, safety states,
+out-of-population, an instrument without a model, every bad-input class (4xx naming the field
+and the rule), auth (RFC 6750), the model card, OpenAPI, the audit log, the key store, log
+redaction (a sentinel client id never reaches a log) and import-time hygiene.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import hashlib
+import hmac
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.special import expit, logit
+
+from serving.schemas import EXAMPLE_INPUT
+from tests.service_fixtures import REPO, fit_bundle, make_cohort, register, service_env
+
+SENTINEL = "SENTINEL-c1d2e3f4-never-log-me"
+SECRET = "test-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("service")
+    bundle = fit_bundle(make_cohort(root / "cohort", n=1500))
+    uri = register(bundle, root / "mlflow")
+    values = {**service_env(root, uri), "ONTRACK_MAX_CLIENTS": "50",
+              "ONTRACK_MAX_BODY_BYTES": "200000", "ONTRACK_AUDIT_SECRET": SECRET}
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def keys(env):
+    from serving.auth import KeyStore
+
+    store = KeyStore(env / "keys.sqlite")
+    out = {"assess": store.add("clinic-a"), "bench": store.add("clinic-b", ("benchmark",)),
+           "revoked": store.add("clinic-c")}
+    store.revoke("clinic-c")
+    store.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(env, keys):
+    from starlette.testclient import TestClient
+
+    from serving.service import OnTrack
+
+    with TestClient(OnTrack.to_asgi(), raise_server_exceptions=False) as c:
+        yield c
+
+
+def post(client, body, key=None, **kw):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if isinstance(body, dict | list):
+        return client.post("/v1/assess", json=body, headers=headers, **kw)
+    headers["Content-Type"] = kw.pop("content_type", "application/json")
+    return client.post("/v1/assess", content=body, headers=headers, **kw)
+
+
+def one(client_id="c1", sessions=None, covariates=None):
+    c = {"client_id": client_id, "sessions": sessions or [
+        {"session": s, "scores": [{"instrument": "PHQ-9", "score": v, "items": {"9": 0}},
+                                  {"instrument": "SRS", "score": 36.0}]}
+        for s, v in ((1, 18), (2, 16), (3, 15))]}
+    if covariates is not None:
+        c["covariates"] = covariates
+    return {"clients": [c]}
+
+
+# ------------------------------------------------------------------------------------------
+# The assessment
+# ------------------------------------------------------------------------------------------
+def test_example_is_explained(client, keys):
+    r = post(client, EXAMPLE_INPUT, keys["assess"])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == "ontrack-not-risk/1"
+    a = body["assessments"][0]
+    assert [x["client_id"] for x in body["assessments"]] == ["example-001", "example-002"]
+    risk = a["risk"]
+    assert 0 <= risk["p_failure"] <= 1 and 0 <= risk["p_dropout"] <= 1
+    assert risk["at_risk"] == (risk["p_failure"] >= risk["threshold"])
+    assert risk["model_version"] == "ontrack-not-risk/1" and risk["feature_version"]
+    assert a["signal"]["colour"] in {"grey", "white", "green", "yellow", "red"}
+    assert a["signal"]["reason"]
+    assert len(a["course"]) == 4 and all(p["lower"] <= p["upper"] for p in a["course"])
+    assert a["change"]["intake_score"] == 18 and a["alliance"]["status"] != "not_assessed"
+    drivers = a["explanation"]["drivers"]
+    assert drivers and all(d["sentence"] and d["features"] for d in drivers)
+    assert {"name", "value", "log_odds"} <= set(drivers[0]["features"][0])
+    assert all("percentage_points" in d for d in drivers)
+    assert a["suggestions"], "rule-based suggestions are always computed"
+
+
+def test_logit_identity(client, keys):
+    """intercept + contributions == the model's calibrated logit == logit(p_failure)."""
+    r = post(client, EXAMPLE_INPUT, keys["assess"])
+    for a in r.json()["assessments"]:
+        e = a["explanation"]
+        feats = [f["log_odds"] for d in e["drivers"] for f in d["features"]]
+        assert e["intercept"] + sum(feats) == pytest.approx(e["logit"], abs=1e-9)
+        assert e["logit"] == pytest.approx(float(logit(a["risk"]["p_failure"])), abs=1e-6)
+        for d in e["drivers"]:
+            assert d["log_odds"] == pytest.approx(sum(f["log_odds"] for f in d["features"]))
+            p = a["risk"]["p_failure"]
+            assert d["percentage_points"] == pytest.approx(
+                100 * (p - float(expit(e["logit"] - d["log_odds"]))), abs=1e-6)
+
+
+def test_every_feature_has_a_sentence(env):
+    from models.explain import missing_templates
+    from serving.loader import load_from_registry
+    from serving.settings import ServingSettings
+
+    bundle = load_from_registry(ServingSettings()).bundle
+    for m in bundle.models.values():
+        for est in (m.failure, m.dropout):
+            if est is not None and hasattr(est, "feature_names_"):
+                assert missing_templates(est.feature_names_) == []
+
+
+def test_safety_states_and_crisis_first(client, keys):
+    flag = one("f", [{"session": 1, "scores": [{"instrument": "PHQ-9", "score": 20,
+                                                "items": {"9": 2}}]},
+                     {"session": 2, "scores": [{"instrument": "PHQ-9", "score": 19,
+                                                "items": {"9": 1}}]}])
+    clear = one("c")
+    none = one("n", [{"session": 1, "scores": [{"instrument": "PHQ-9", "score": 20}]},
+                     {"session": 2, "scores": [{"instrument": "PHQ-9", "score": 12}]}])
+    body = {"clients": flag["clients"] + clear["clients"] + none["clients"]}
+    got = {a["client_id"]: a for a in post(client, body, keys["assess"]).json()["assessments"]}
+    assert got["f"]["safety"]["status"] == "flag"
+    assert got["f"]["safety"]["items"][0]["item"] == 9
+    assert got["f"]["suggestions"][0]["adaptation"] == "safety"
+    assert got["c"]["safety"]["status"] == "clear"
+    assert got["n"]["safety"]["status"] == "not_assessed"
+    assert all(s["adaptation"] != "safety" for s in got["c"]["suggestions"])
+
+
+def test_out_of_population(client, keys):
+    late = one("late", [{"session": s, "scores": [{"instrument": "PHQ-9", "score": 15}]}
+                        for s in range(1, 13)], covariates={"age_band": "90+"})
+    a = post(client, late, keys["assess"]).json()["assessments"][0]
+    assert a["population"]["out_of_population"] is True
+    reasons = " ".join(a["population"]["reasons"])
+    assert "session 12" in reasons and "age_band = 90+" in reasons
+
+
+def test_instrument_without_model_gets_rule_based_parts(client, keys):
+    body = one("core", [{"session": 1, "scores": [{"instrument": "CORE-10", "score": 25,
+                                                   "items": {"6": 1}}]},
+                        {"session": 2, "scores": [{"instrument": "CORE-10", "score": 18}]}])
+    r = post(client, body, keys["assess"])
+    assert r.status_code == 200, r.text
+    a = r.json()["assessments"][0]
+    assert a["risk"] is None and a["explanation"] is None
+    assert any("No model covers CORE-10" in n for n in a["notes"])
+    assert a["change"]["intake_score"] == 25 and a["safety"]["status"] == "flag"
+
+
+def test_renaming_a_client_changes_nothing(client, keys):
+    a = post(client, one("name-a"), keys["assess"]).json()["assessments"][0]
+    b = post(client, one("name-b"), keys["assess"]).json()["assessments"][0]
+    a.pop("client_id"), b.pop("client_id")
+    assert a == b
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input: 4xx naming the field and the rule, never a 500
+# ------------------------------------------------------------------------------------------
+def _bad_cases():
+    base = one()
+    unknown = copy.deepcopy(base)
+    unknown["clients"][0]["sessions"][0]["scores"][0]["instrument"] = "PHQ-99"
+    out_of_range = copy.deepcopy(base)
+    out_of_range["clients"][0]["sessions"][1]["scores"][0]["score"] = 28
+    not_increasing = copy.deepcopy(base)
+    not_increasing["clients"][0]["sessions"][2]["session"] = 2
+    empty = copy.deepcopy(base)
+    empty["clients"][0]["sessions"] = []
+    wrong_type = copy.deepcopy(base)
+    wrong_type["clients"][0]["sessions"][0]["scores"][0]["score"] = "eighteen"
+    str_session = copy.deepcopy(base)
+    str_session["clients"][0]["sessions"][0]["session"] = "1"
+    items_sum = copy.deepcopy(base)
+    items_sum["clients"][0]["sessions"][0]["scores"][0]["items"] = {str(k): 3 for k in
+                                                                    range(1, 10)}
+    item_range = copy.deepcopy(base)
+    item_range["clients"][0]["sessions"][0]["scores"][0]["items"] = {"9": 4}
+    unknown_field = copy.deepcopy(base)
+    unknown_field["clients"][0]["sessions"][0]["scroe"] = 1
+    session_zero = copy.deepcopy(base)
+    session_zero["clients"][0]["sessions"][0]["session"] = 0
+    dup = {"clients": base["clients"] * 2}
+    many = {"clients": [one(f"c{i}")["clients"][0] for i in range(51)]}
+    alliance_only = one("a", [{"session": 1, "scores": [{"instrument": "SRS", "score": 30}]}])
+    nan = json.dumps(base).replace('"score": 16', '"score": NaN').encode()
+    return [
+        ("unknown instrument", unknown, 422, "clients[0].sessions[0].scores[0].instrument",
+         "instrument_unknown"),
+        ("score out of range", out_of_range, 422, "clients[0].sessions[1].scores[0].score",
+         "score_out_of_range"),
+        ("sessions not increasing", not_increasing, 422, "clients[0].sessions[2].session",
+         "sessions_not_increasing"),
+        ("empty history", empty, 422, "clients[0].sessions", "too_short"),
+        ("no clients", {"clients": []}, 422, "clients", "too_short"),
+        ("too many clients", many, 422, "clients", "too_many_clients"),
+        ("wrong type", wrong_type, 422, "clients[0].sessions[0].scores[0].score", "float_type"),
+        ("string session", str_session, 422, "clients[0].sessions[0].session", "int_type"),
+        ("NaN", nan, 422, "clients[0].sessions[1].scores[0].score", "finite_number"),
+        ("items do not sum", items_sum, 422, "clients[0].sessions[0].scores[0].score",
+         "items_do_not_sum"),
+        ("item out of range", item_range, 422, "clients[0].sessions[0].scores[0].items.9",
+         "item_out_of_range"),
+        ("unknown field", unknown_field, 422, "clients[0].sessions[0].scroe",
+         "extra_forbidden"),
+        ("session zero", session_zero, 422, "clients[0].sessions[0].session",
+         "session_invalid"),
+        ("duplicate client", dup, 422, "clients[1].client_id", "duplicate_client"),
+        ("alliance only", alliance_only, 422, "clients[0].sessions", "no_outcome_score"),
+        ("invalid JSON", b'{"clients": [', 400, "body", "json_invalid"),
+        ("not an object", b"[1, 2]", 422, "body", "model_type"),
+        ("oversized body", b'{"clients": []' + b" " * 250_000 + b"}", 413, "body",
+         "body_too_large"),
+    ]
+
+
+@pytest.mark.parametrize("name,body,status,field,rule", _bad_cases(),
+                         ids=[c[0] for c in _bad_cases()])
+def test_bad_input_names_field_and_rule(client, keys, name, body, status, field, rule):
+    r = post(client, body, keys["assess"])
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert any(d["field"] == field and d["rule"] == rule for d in detail), detail
+
+
+def test_every_violation_is_reported(client, keys):
+    body = one()
+    body["clients"][0]["sessions"][0]["scores"][0]["instrument"] = "XYZ"
+    body["clients"][0]["sessions"][1]["scores"][0]["score"] = 99
+    rules = {d["rule"] for d in post(client, body, keys["assess"]).json()["detail"]}
+    assert {"instrument_unknown", "score_out_of_range"} <= rules
+
+
+def test_wrong_media_type(client, keys):
+    r = post(client, json.dumps(one()).encode(), keys["assess"], content_type="text/csv")
+    assert r.status_code == 415 and r.json()["detail"][0]["field"] == "Content-Type"
+
+
+# ------------------------------------------------------------------------------------------
+# Auth
+# ------------------------------------------------------------------------------------------
+def test_missing_key_is_401(client):
+    r = post(client, one())
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == 'Bearer realm="ontrack"'
+
+
+@pytest.mark.parametrize("key", ["otk_000000000000_wrong", "garbage", "revoked"])
+def test_invalid_or_revoked_key_is_401(client, keys, key):
+    r = post(client, one(), keys.get(key, key))
+    assert r.status_code == 401
+    assert 'error="invalid_token"' in r.headers["www-authenticate"]
+
+
+def test_wrong_scheme_is_401(client, keys):
+    r = client.post("/v1/assess", json=one(), headers={"Authorization": "Basic abc"})
+    assert r.status_code == 401
+
+
+def test_insufficient_scope_is_403(client, keys):
+    r = post(client, one(), keys["bench"])
+    assert r.status_code == 403
+    assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
+    assert client.post("/v1/noop", json={}, headers={
+        "Authorization": f"Bearer {keys['bench']}"}).status_code == 200
+    assert client.post("/v1/noop", json={}).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/v1/health", "/v1/model", "/readyz", "/livez",
+                                  "/docs.json"])
+def test_open_routes(client, path):
+    assert client.get(path).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------
+# Model card, OpenAPI
+# ------------------------------------------------------------------------------------------
+def test_model_card(client):
+    card = client.get("/v1/model").json()
+    assert card["version"] == "ontrack-not-risk/1" and card["date"] == "2025-01-01"
+    for key in ("intended_use", "inputs", "logic", "limits"):
+        assert card[key]
+    inst = card["instruments"][0]
+    assert inst["instrument"] == "PHQ-9" and 0 < inst["threshold"] < 1
+    pop = inst["training_population"]
+    assert pop["n_clients"] == 1500 and pop["sessions"] == [1, 6]
+    assert inst["validation"]["auroc"]["lo"] < inst["validation"]["auroc"]["hi"]
+    assert inst["model_size"]["trees"] > 0
+
+
+def test_openapi_uses_the_one_example(client):
+    spec = client.get("/docs.json").json()
+    assert "/v1/assess" in spec["paths"] and "/v1/model" in spec["paths"]
+    body = spec["paths"]["/v1/assess"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["example"] == EXAMPLE_INPUT
+
+
+# ------------------------------------------------------------------------------------------
+# Audit, keys, logs
+# ------------------------------------------------------------------------------------------
+def test_audit_log_is_append_only_and_pseudonymous(client, keys, env):
+    post(client, one(SENTINEL), keys["assess"])
+    db = env / "audit.sqlite"
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT clinic, client_pseudonym, model_version, signal, at_risk "
+                        "FROM assessments ORDER BY id DESC LIMIT 1").fetchall()
+    want = hmac.new(SECRET.encode(), SENTINEL.encode(), hashlib.sha256).hexdigest()
+    assert rows[0][:3] == ("clinic-a", want, "ontrack-not-risk/1")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE assessments SET signal = 'green'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM assessments")
+    conn.close()
+    cols = {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(assessments)")}
+    assert not cols & {"client_id", "score", "scores", "date"}
+    raw = b"".join(p.read_bytes() for p in env.glob("audit.sqlite*"))
+    assert SENTINEL.encode() not in raw
+
+
+def test_key_store_keeps_hashes_only(tmp_path):
+    from serving.auth import KeyStore
+
+    store = KeyStore(tmp_path / "k.sqlite")
+    key = store.add("clinic-x")
+    assert store.verify(key).clinic == "clinic-x"
+    assert store.verify(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+    store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("k.sqlite*"))
+    assert key.split("_", 2)[2].encode() not in raw
+
+
+def test_keys_cli_prints_key_last(tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from serving.auth import KeyStore
+    from serving.cli import register
+
+    monkeypatch.setenv("ONTRACK_KEYS_PATH", str(tmp_path / "keys.sqlite"))
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    register(app)
+    runner = CliRunner()
+    out = runner.invoke(app, ["keys", "add", "clinic-z"])
+    assert out.exit_code == 0, out.output
+    key = out.output.strip().splitlines()[-1]
+    assert KeyStore(tmp_path / "keys.sqlite").verify(key).clinic == "clinic-z"
+    listed = runner.invoke(app, ["keys", "list"]).output
+    assert "clinic-z" in listed and key not in listed
+    assert runner.invoke(app, ["keys", "revoke", "clinic-z"]).exit_code == 0
+    assert KeyStore(tmp_path / "keys.sqlite").verify(key) is None
+
+
+def test_sentinel_never_logged(client, keys, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    good = one(SENTINEL)
+    bad = copy.deepcopy(good)
+    bad["clients"][0]["sessions"][1]["scores"][0]["score"] = 99
+    typed = copy.deepcopy(good)
+    typed["clients"][0]["sessions"][0]["session"] = SENTINEL
+    for body in (good, bad, typed, json.dumps(good).encode()[:-3]):
+        post(client, body, keys["assess"])
+        post(client, body)  # unauthenticated
+    captured = capfd.readouterr()
+    assert SENTINEL not in caplog.text
+    assert SENTINEL not in captured.out + captured.err
+
+
+def test_redaction_filter_strips_exception_text():
+    from pydantic import BaseModel, ValidationError
+
+    from serving.logredact import RedactExceptionDetails
+
+    class M(BaseModel):
+        x: int
+
+    try:
+        M(x=SENTINEL)
+    except ValidationError:
+        record = logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "Exception on %s",
+                                   ("/v1/assess",), sys.exc_info())
+    RedactExceptionDetails().filter(record)
+    text = logging.Formatter().format(record)
+    assert SENTINEL not in text and "ValidationError" in text
+
+
+# ------------------------------------------------------------------------------------------
+# Architecture
+# ------------------------------------------------------------------------------------------
+def test_serving_never_imports_training():
+    for path in (REPO / "serving").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "training" or n.startswith("training.") for n in names), path
+
+
+def test_import_has_no_side_effects(tmp_path):
+    code = ("import logging, os, mlflow; before = mlflow.get_tracking_uri();"
+            "import serving.service, serving.cli, serving.loader;"
+            "assert mlflow.get_tracking_uri() == before;"
+            "assert not logging.getLogger().handlers, logging.getLogger().handlers;"
+            "assert not os.listdir('.'), os.listdir('.')")
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bh"),
+           "ONTRACK_KEYS_PATH": str(tmp_path / "var" / "k.sqlite"),
+           "ONTRACK_AUDIT_PATH": str(tmp_path / "var" / "a.sqlite"), "PYTHONPATH": str(REPO)}
+    work = tmp_path / "cwd"
+    work.mkdir()
+    res = subprocess.run([sys.executable, "-c", code], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not (tmp_path / "var").exists() and not (REPO / "var" / "never").exists()
+    assert np.isfinite(1.0)
