@@ -108,3 +108,29 @@ class LogisticRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         """1 = at risk (probability >= `threshold_`)."""
         return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
+
+    def transform_features(self, X) -> np.ndarray:
+        """Model inputs (columns `feature_names_`) before imputation, as a therapist reads them."""
+        check_is_fitted(self, "pipeline_")
+        frame = self.pipeline_.named_steps["deviation"].transform(self._checked(X))
+        return frame[list(self.feature_names_)].to_numpy(dtype=float)
+
+    def contributions(self, X) -> np.ndarray:
+        """Exact log-odds contributions: coef x standardised input, a feature's missing
+        indicator folded into the feature. Shape (n, n_features + 1), intercept last; each row
+        sums to `predict_logit`."""
+        check_is_fitted(self, "pipeline_")
+        steps = self.pipeline_.named_steps
+        frame = steps["select"].transform(steps["deviation"].transform(self._checked(X)))
+        z = steps["scale"].transform(steps["impute"].transform(frame))
+        coef = steps["logistic"].coef_[0]
+        parts = z * coef
+        names = list(self.feature_names_)
+        out = np.zeros((len(z), len(names) + 1))
+        out[:, : len(names)] = parts[:, : len(names)]
+        indicator = steps["impute"].indicator_
+        if indicator is not None:
+            for j, feat in enumerate(indicator.features_):
+                out[:, feat] += parts[:, len(names) + j]
+        out[:, -1] = steps["logistic"].intercept_[0]
+        return out

@@ -77,6 +77,8 @@ class InsufficientDataError(ValueError):
 # ---------------------------------------------------------------------------------------------
 _FAILED = {
     "latest_severity": +1,
+    "slope_log": +1,  # slope of direction-aware severity: positive = getting worse
+    "max_improvement_rc": -1,
     "change_raw": -1,
     "change_rc": -1,
     "change_frac": -1,
@@ -95,6 +97,12 @@ _DROPOUT = {
     "alliance_below_cutoff": +1,
     "sessions_missed": +1,
 }
+
+
+#: Features left out of a target's model by default. ``variability`` moves in either direction
+#: when the latest score gets worse, so no monotone constraint on it can guarantee that a
+#: worse latest score never lowers the risk of not improving; it stays in the dropout model.
+_EXCLUDED = {"failed": ("variability",), "dropped_out": ()}
 
 
 def monotone_directions(target: str, instrument: str) -> dict[str, int]:
@@ -228,7 +236,8 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
 
     # ---------------------------------------------------------------------------- fitting
     def _model_features(self, columns: Sequence[str]) -> list[str]:
-        base = list(columns) if self.features is None else list(self.features)
+        base = ([c for c in columns if c not in _EXCLUDED.get(self.target, ())]
+                if self.features is None else list(self.features))
         unknown = [c for c in base if c not in columns]
         if unknown:
             raise ValueError(f"features not in the feature rows: {unknown}")

@@ -322,3 +322,12 @@ def test_signal_without_a_course_or_cutoff():
     out = signal([30, 30], 3, expected_median=[np.nan, 35], failure_boundary=[np.nan, 45],
                  session=4, instrument="OQ-30")  # OQ-30: no published cut-off, never white
     assert out["colour"].tolist() == ["grey", "green"]
+
+
+def test_logistic_contributions_sum_to_the_logit():
+    ff, y, _ = _cohort(400, 3)
+    m = LogisticRisk().fit(ff, y)
+    phi = m.contributions(ff.X)
+    assert phi.shape == (len(ff.X), len(m.feature_names_) + 1)
+    np.testing.assert_allclose(phi.sum(axis=1), m.predict_logit(ff.X), atol=1e-9)
+    assert m.transform_features(ff.X).shape == (len(ff.X), len(m.feature_names_))

@@ -28,7 +28,7 @@ def _irls(y: np.ndarray, lp: np.ndarray, fit_slope: bool) -> np.ndarray:
     beta = np.array([0.0, 1.0])
     for _ in range(100):
         eta = beta[0] + beta[1] * lp
-        mu = 1.0 / (1.0 + np.exp(-eta))
+        mu = 1.0 / (1.0 + np.exp(-np.clip(eta, -35, 35)))
         w = np.maximum(mu * (1 - mu), 1e-12)
         r = y - mu
         if fit_slope:

@@ -61,6 +61,9 @@ def _factory(name: str, instrument: str, target: str, settings: Settings):
 
 def _fit(model, rows: TrainingRows, y: np.ndarray, trajectories: pd.DataFrame | None):
     if isinstance(model, NeighbourNavigator):
+        # k never exceeds a third of the archived clients (small cohorts)
+        k = max(5, min(model.n_neighbors, pd.unique(rows.groups).size // 3))
+        model.set_params(n_neighbors=k)
         return model.fit(rows.X, y, groups=rows.groups, trajectories=trajectories)
     return model.fit(rows.X, y, groups=rows.groups)
 
@@ -82,13 +85,13 @@ def available_models(rows: TrainingRows, target: str) -> tuple[list[str], list[s
     """Models that can be trained on these rows, and notes on those that cannot."""
     y = rows.failed if target == "failed" else rows.dropped_out
     keep = np.isfinite(y)
-    n_clients = int(pd.unique(rows.groups[keep]).size)
-    events = int(np.nansum(y[keep]))
-    if n_clients < MIN_CLIENTS or min(events, int(keep.sum()) - events) < MIN_EVENTS:
+    per_client = pd.Series(y[keep]).groupby(rows.groups[keep]).first()
+    n_clients, events = len(per_client), int(per_client.sum())
+    if n_clients < MIN_CLIENTS or min(events, n_clients - events) < MIN_EVENTS:
         raise TooLittleDataError(
-            f"{rows.instrument}, target {target}: {n_clients} clients with a known outcome and "
-            f"{events} events; at least {MIN_CLIENTS} clients and {MIN_EVENTS} events in each "
-            "class are needed to train anything. LightGBM needs about "
+            f"{rows.instrument}, target {target}: {n_clients} clients with a known outcome "
+            f"({events} with the outcome); at least {MIN_CLIENTS} clients and {MIN_EVENTS} in "
+            "each outcome class are needed to train anything. LightGBM needs about "
             f"{MIN_TRAINING_CASES} clients (Giesemann et al. 2023).")
     names, notes = list(MODELS), []
     # inner folds leave about (n_folds - 1) / n_folds of the clients to each fit
@@ -172,9 +175,10 @@ def read_truth(path: Path | None) -> pd.DataFrame | None:
 def population(rows: TrainingRows) -> Population:
     cov = {}
     for c in rows.context.columns:
-        if c in {"clinic_id", "therapist_id"}:
+        levels = rows.context[c].dropna().unique()
+        if c in {"clinic_id", "therapist_id"} or len(levels) > 30:  # ids, dates: not covariates
             continue
-        cov[c] = sorted(map(str, rows.context[c].dropna().unique()))
+        cov[c] = sorted(map(str, levels))
     intake = rows.X["intake_score"].to_numpy(float)
     t = rows.keys["session"].to_numpy()
     return Population(
@@ -213,8 +217,8 @@ def fit_instrument(cohort: Cohort, rows: TrainingRows, settings: Settings,
         points = rows.X.rename(columns={"latest_score": "score"})[
             ["intake_score", "session", "score"]]
     expected = ExpectedResponse(instrument=inst).fit(points)
-    navigator = NeighbourNavigator(instrument=inst, n_neighbors=settings.n_neighbors).fit(
-        rows.X, rows.failed, groups=rows.groups, trajectories=trajectories)
+    navigator = _fit(NeighbourNavigator(instrument=inst, n_neighbors=settings.n_neighbors),
+                     rows, rows.failed, trajectories)
     _threshold(navigator, rows, rows.failed)
     return InstrumentModels(instrument=inst, expected=expected, failure=failure,
                             dropout=dropout, navigator=navigator, population=population(rows))
