@@ -130,6 +130,27 @@ def rasch_logz(eta, delta):
 
 
 @nb.njit(**JIT)
+def rasch_logz_poly(eta, gexp):
+    """log sum_s g(s) exp(s eta) (= rasch_logz) by polynomial evaluation: one exp, one log."""
+    n = gexp.shape[0]
+    tot = 0.0
+    if eta <= 0.0:
+        x = math.exp(eta)
+        for s in range(n - 1, -1, -1):
+            tot = tot * x + gexp[s]
+        return math.log(tot)
+    x = math.exp(-eta)
+    for s in range(n):
+        tot = tot * x + gexp[s]
+    return math.log(tot) + (n - 1) * eta
+
+
+@nb.njit(**JIT)
+def rasch_logpmf_poly(total, eta, logg, gexp):
+    return logg[total] + total * eta - rasch_logz_poly(eta, gexp)
+
+
+@nb.njit(**JIT)
 def rasch_logpmf(total, eta, delta, logg):
     """log P(total | eta) in the binomial Rasch model (items 0..3, total sufficient)."""
     return logg[total] + total * eta - rasch_logz(eta, delta)

@@ -23,8 +23,8 @@ How (docs/simulator.md has the equations):
    with weight P(continue), conditioned on continuing (survival weighting, Russian roulette
    below weight 0.05).
 4. The value is a ratio (failure and "failed is defined": >= 2 scores, course ended before the
-   extraction date); its standard error is the stratified delta-method SE. Paths are doubled
-   until SE <= `se_target` (or `max_paths` is reached; the file states the SE of every value).
+   extraction date); its standard error is the stratified delta-method SE. Paths are topped up
+   (to the number the current SE says is needed) until SE <= `se_target` (or `max_paths` is reached; the file states the SE of every value).
 """
 
 from __future__ import annotations
@@ -167,12 +167,18 @@ def forward_path(P, gexp, phq_eta_hat, k, d, b1, age, pst, t, t_cut, pkey, probs
             fa = 0.0
             fb = 0.0
             cont = 0.0
+            # sigmoid(x0 - c (S - phq1)) by recurrence: exp(-x) = e0 * exp(c)^S
+            e0 = math.exp(-(x0 + c * phq1))
+            ec = math.exp(c)
+            emx = e0
             for S in range(probs.shape[0]):
                 pS = probs[S]
                 if pS < 1e-300:
                     probs[S] = 0.0
+                    emx *= ec
                     continue
-                pd = K.sigmoid(x0 - c * (S - phq1))
+                pd = 1.0 / (1.0 + emx) if emx < 1e300 else 0.0
+                emx *= ec
                 pf = pf_lo if S < 10 else pf_hi
                 pe = pd + (1.0 - pd) * pf
                 fb += pS * pe
@@ -315,13 +321,16 @@ def _predict(P, gexp, phq_eta_hat, node_k, node_d, node_b1, w, r_node, st, age, 
         est, se = _estimate(strata_w, cnt, sa, sb, saa, sbb, sab, n_strata)
         if not (se > se_target) or used >= m_max:
             break
-        m_round = used  # double the total
+        # top up to the number of paths the current SE says is needed (+10%), at least +25%
+        need = used * (se / se_target) ** 2 * 1.1
+        m_round = int(min(max(need - used, 0.25 * used), m_max - used)) + 1
         rnd += 1
     return est, se, used
 
 
 @nb.njit(parallel=True, **{k: v for k, v in JIT.items() if k != "nogil"})
-def oracle_kernel(P, phq_delta, gad_delta, phq_logg, gad_logg, gexp, phq_eta_hat, gad_eta_hat,
+def oracle_kernel(P, phq_delta, gad_delta, phq_logg, gad_logg, gexp, gad_gexp, phq_eta_hat,
+                  gad_eta_hat,
                   srs_cut, keys, age, gender, diag, t_cut, att, phq, gad, srs, opt, opt_slot,
                   points, z_slope, w_slope, z2, w2, se_target, m0, m_max):
     n_cl = keys.shape[0]
@@ -432,11 +441,11 @@ def oracle_kernel(P, phq_delta, gad_delta, phq_logg, gad_logg, gexp, phq_eta_hat
                             es = K.eta_struct(P, node_k[n], d, node_b1[n], s, st)
                             eta0 = es + P[P_RHO] * r_node[n]
                             g0 = st[ST_GOFF]
-                            ll0 = (K.rasch_logpmf(ph_s, eta0, phq_delta, phq_logg)
-                                   + K.rasch_logpmf(ga_s, eta0 + g0, gad_delta, gad_logg))
+                            ll0 = (K.rasch_logpmf_poly(ph_s, eta0, phq_logg, gexp)
+                                   + K.rasch_logpmf_poly(ga_s, eta0 + g0, gad_logg, gad_gexp))
                             eta1 = eta0 + P[P_LE_ETA]
-                            ll1 = (K.rasch_logpmf(ph_s, eta1, phq_delta, phq_logg)
-                                   + K.rasch_logpmf(ga_s, eta1 + g0, gad_delta, gad_logg))
+                            ll1 = (K.rasch_logpmf_poly(ph_s, eta1, phq_logg, gexp)
+                                   + K.rasch_logpmf_poly(ga_s, eta1 + g0, gad_logg, gad_gexp))
                             last_key = key
                         a0 = math.log(max((1.0 - h) * (1.0 - pm[mot, 0]), 1e-300)) + ll0
                         a1 = math.log(max(h * (1.0 - pm[mot, 1]), 1e-300)) + ll1
@@ -485,7 +494,7 @@ def oracle_arrays(pk: Packed, slope_sd: float, keys, age, gender, diag, t_cut, a
     z2, w2 = gauss_hermite(n_intake)
     return oracle_kernel(
         pk.vec, pk.phq_delta, pk.gad_delta, pk.phq_logg, pk.gad_logg, np.exp(pk.phq_logg),
-        pk.phq_eta_hat, pk.gad_eta_hat, pk.srs_cut, keys, age.astype(np.int64),
+        np.exp(pk.gad_logg), pk.phq_eta_hat, pk.gad_eta_hat, pk.srs_cut, keys, age.astype(np.int64),
         gender.astype(np.int64), diag.astype(np.int64), t_cut.astype(np.int64),
         att.astype(np.int64), phq.astype(np.int64), gad.astype(np.int64), srs.astype(np.int64),
         opt.astype(np.int64), opt_slot.astype(np.int64), points, z_s * slope_sd, w_s, z2, w2,

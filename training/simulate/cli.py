@@ -1,0 +1,52 @@
+"""`ontrack simulate`: the work behind the command (registered by the lead in training/cli.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from training.simulate.generative import simulate_cohort
+from training.simulate.summary import summary
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:,.1f}"
+    return str(v)
+
+
+def simulate_command(clients: int, seed: int, out: Path, format: str = "csv",
+                     oracle_clients: int = 5000, console: Console | None = None) -> int:
+    """Simulate, write the cohort and truth.csv to `out`, print the self-check table.
+    Returns the number of tuned figures outside their published range (0 = all in range)."""
+    console = console or Console()
+    t0 = time.perf_counter()
+    n_or = min(oracle_clients, clients)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("oracle (Bayes, per client)", total=max(n_or, 1))
+        cohort = simulate_cohort(clients, seed, oracle_clients=oracle_clients,
+                                 progress=lambda k: bar.advance(task, k))
+    written = cohort.write(out, format)
+    elapsed = time.perf_counter() - t0
+    rows = summary(cohort.sessions, cohort.clients, cohort.truth)
+    table = Table(title=f"Simulated cohort: {clients:,} clients, seed {seed}")
+    for col in ("figure", "simulated", "published", "in range", "tuned"):
+        table.add_column(col)
+    for r in rows:
+        ok = r.in_range
+        table.add_row(r.figure, _fmt(r.simulated), r.published,
+                      "" if ok is None else ("[green]yes[/]" if ok else "[red]NO[/]"),
+                      "tuned" if r.tuned else "not tuned")
+    console.print(table)
+    info = cohort.oracle_info
+    if info:
+        console.print(f"oracle: {info['subset_size']:,} clients, max Monte Carlo SE "
+                      f"{info['max_se']:.4f} (target {info['se_target']}), mean paths "
+                      f"{info['mean_paths']:.0f} per value")
+    console.print(f"wrote {', '.join(p.name for p in written)} to {out} in {elapsed:.1f} s")
+    return sum(1 for r in rows if r.tuned and r.in_range is False)
