@@ -291,7 +291,7 @@ def simulate_cohort(n_clients: int, seed: int, oracle_clients: int = 5000,
                     params: Params | None = None, censor: bool = True,
                     oracle_sessions: tuple[int, ...] = ORACLE_SESSIONS,
                     oracle_se: float = 0.005, oracle_max_paths: int = 64000,
-                    progress=None) -> SimulatedCohort:
+                    oracle_min_paths: int = 512, progress=None) -> SimulatedCohort:
     """Simulate a cohort (see docs/simulator.md). `oracle_clients=0` skips the oracle.
 
     The oracle is computed for a random subset of `oracle_clients` clients (all when fewer),
@@ -331,7 +331,7 @@ def simulate_cohort(n_clients: int, seed: int, oracle_clients: int = 5000,
         subset = np.sort(pick_rng.choice(n_clients, size=n_or, replace=False))
         val, se, info = oracle_for_cohort(pk, lay, obs, subset, seed, oracle_sessions,
                                           oracle_se, oracle_max_paths, progress,
-                                          slope_sd=p.b1_sd)
+                                          slope_sd=p.b1_sd, min_paths=oracle_min_paths)
         for j, t in enumerate(ORACLE_SESSIONS):
             truth.loc[subset, f"oracle_failure_s{t}"] = val[:, j]
             truth.loc[subset, f"oracle_se_s{t}"] = se[:, j]

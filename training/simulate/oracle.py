@@ -504,7 +504,7 @@ def oracle_arrays(pk: Packed, slope_sd: float, keys, age, gender, diag, t_cut, a
 def oracle_for_cohort(pk: Packed, lay, obs, subset: np.ndarray, seed: int,
                       sessions=(1, 2, 3, 4, 5, 6), se_target: float = 0.005,
                       max_paths: int = 64000, progress=None, n_slope: int = 10,
-                      slope_sd: float | None = None):
+                      slope_sd: float | None = None, min_paths: int = 512):
     """Oracle values for the clients in `subset` at `sessions` (only where PHQ-9 was scored)."""
     if slope_sd is None:
         from training.simulate.params import DEFAULT
@@ -529,7 +529,7 @@ def oracle_for_cohort(pk: Packed, lay, obs, subset: np.ndarray, seed: int,
             pk, slope_sd, keys[ch], lay.age[ix], lay.gender[ix], lay.diag[ix], lay.t_cut[ix],
             att[ch], obs.phq[ix, :ncol], obs.gad[ix, :ncol], obs.srs[ix, :ncol], obs.option[ix],
             obs.option_slot[ix], points[ch], n_slope=n_slope, se_target=se_target,
-            m_max=max_paths)
+            m0=min_paths, m_max=max_paths)
         val[ch, :ncol], se[ch, :ncol], used[ch, :ncol] = v, s, m
         if progress is not None:
             progress(len(ch))
