@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -132,6 +133,12 @@ def register(app: typer.Typer) -> None:
         cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host,
                "--port", str(port), "--working-dir", str(REPO_ROOT)]
         proc = subprocess.Popen(cmd, env=service_env(settings), cwd=REPO_ROOT)
+
+        def _stop(signum, _frame) -> None:  # SIGTERM to `ontrack serve` stops the server too
+            proc.terminate()
+            raise typer.Exit(0)
+
+        signal.signal(signal.SIGTERM, _stop)
         shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
         url = f"http://{shown}:{port}"
         try:
