@@ -253,23 +253,27 @@ def _estimate(strata_w, cnt, sa, sb, saa, sbb, sab, n_strata):
 @nb.njit(**JIT)
 def _predict(P, gexp, phq_eta_hat, node_k, node_d, node_b1, w, r_node, st, age, t, t_cut, ckey,
              se_target, m0, m_max):
-    """Stratified forward simulation from the weighted nodes at session t."""
+    """Stratified forward simulation from the weighted nodes at session t.
+
+    Strata: every node with weight >= 1/m0 on its own; the remaining ("light") nodes pooled by
+    trajectory state, each pool sampled systematically with >= LIGHT_MIN_PATHS paths.
+    """
     n_nodes = w.shape[0]
-    # strata: heavy nodes (w >= 1/m0) each on their own; the rest pooled
     heavy = np.empty(n_nodes, dtype=np.int64)
     n_heavy = 0
-    light_w = 0.0
+    light_w = np.zeros(N_TRAJ)
     for n in range(n_nodes):
         if w[n] >= 1.0 / m0:
             heavy[n_heavy] = n
             n_heavy += 1
         else:
-            light_w += w[n]
-    n_strata = n_heavy + 1
+            light_w[node_k[n]] += w[n]
+    n_strata = n_heavy + N_TRAJ
     strata_w = np.zeros(n_strata)
     for h in range(n_heavy):
         strata_w[h] = w[heavy[h]]
-    strata_w[n_heavy] = light_w
+    for k in range(N_TRAJ):
+        strata_w[n_heavy + k] = light_w[k]
     cnt = np.zeros(n_strata)
     sa = np.zeros(n_strata)
     sb = np.zeros(n_strata)
@@ -283,25 +287,28 @@ def _predict(P, gexp, phq_eta_hat, node_k, node_d, node_b1, w, r_node, st, age, 
     m_round = m0
     est, se = np.nan, np.nan
     rnd = 0
-    u0 = 0.0
     while True:
         for h in range(n_strata):
             m_h = int(round(m_round * strata_w[h]))
-            if h < n_heavy and m_h < 1:
-                m_h = 1
-            if h == n_heavy:  # the pooled light nodes: >= 4 paths, so that their spread counts
-                m_h = max(m_h, LIGHT_MIN_PATHS) if light_w > LIGHT_NEGLIGIBLE else 0
-            if h == n_heavy and light_w > 0:
-                u0 = K.unif(ckey, (t << 20) + rnd)
+            u0 = 0.0
+            kk = -1
+            if h < n_heavy:
+                m_h = max(m_h, 1)
+            else:  # a light pool: >= LIGHT_MIN_PATHS paths, so that its spread counts
+                kk = h - n_heavy
+                if strata_w[h] <= LIGHT_NEGLIGIBLE:
+                    continue
+                m_h = max(m_h, LIGHT_MIN_PATHS)
+                u0 = K.unif(ckey, (t << 24) + (rnd << 8) + kk)
             for j in range(m_h):
                 if h < n_heavy:
                     n = heavy[h]
-                else:  # systematic draw among the light nodes
-                    target = (u0 + j) / m_h * light_w
+                else:  # systematic draw among the light nodes of trajectory state kk
+                    target = (u0 + j) / m_h * strata_w[h]
                     acc = 0.0
                     n = -1
                     for nn in range(n_nodes):
-                        if w[nn] < 1.0 / m0:
+                        if node_k[nn] == kk and w[nn] < 1.0 / m0 and w[nn] > 0.0:
                             acc += w[nn]
                             n = nn
                             if acc > target:
