@@ -98,23 +98,47 @@ class InvalidDataError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Content rules (shared by files and the API)
 # --------------------------------------------------------------------------------------------
-_RANGES = pd.DataFrame(
-    {
-        "score_min": {c: i.score_min for c, i in REGISTRY.items()},
-        "score_max": {c: i.score_max for c, i in REGISTRY.items()},
-        "item_min": {c: i.item_min for c, i in REGISTRY.items()},
-        "item_max": {c: i.item_max for c, i in REGISTRY.items()},
-        "n_items": {c: i.n_items for c, i in REGISTRY.items()},
-        "integer": {c: i.integer_scores for c, i in REGISTRY.items()},
-        "sums": {c: i.integer_scores and i.item_max * i.n_items == i.score_max
-                 for c, i in REGISTRY.items()},
-    }
-)
+_CODES = tuple(REGISTRY)
+_INDEX = {c: k for k, c in enumerate(_CODES)}
 
 
-def _lookup(instrument: pd.Series, column: str) -> np.ndarray:
-    """Registry value per row (NaN for unknown instruments)."""
-    return instrument.map(_RANGES[column]).to_numpy(dtype=float, na_value=np.nan)
+def _table(values) -> np.ndarray:
+    """Registry values by instrument position, with a trailing NaN for unknown instruments."""
+    return np.array([*values, np.nan], dtype=float)
+
+
+_REG = {
+    "score_min": _table(i.score_min for i in REGISTRY.values()),
+    "score_max": _table(i.score_max for i in REGISTRY.values()),
+    "item_min": _table(i.item_min for i in REGISTRY.values()),
+    "item_max": _table(i.item_max for i in REGISTRY.values()),
+    "n_items": _table(i.n_items for i in REGISTRY.values()),
+    "integer": _table(i.integer_scores for i in REGISTRY.values()),
+    "sums": _table(i.integer_scores and i.item_max * i.n_items == i.score_max
+                   for i in REGISTRY.values()),
+}
+_NS_PER_DAY = 86_400 * 10**9
+
+
+class Rows:
+    """The columns the rules read, as NumPy arrays, computed once per check (cheap for one
+    client in a request and for a million rows in a file)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self.n = len(frame)
+        codes, uniques = pd.factorize(frame["instrument"])
+        lookup = np.array([_INDEX.get(str(u), -1) for u in uniques] + [-1], dtype=np.int64)
+        self.inst = lookup[codes]  # -1: unknown or missing instrument (indexes the NaN slot)
+        self.client, _ = pd.factorize(frame["client_id"])  # -1: missing
+        self.score = frame["score"].to_numpy(dtype=float, na_value=np.nan)
+        self.session = frame["session"].to_numpy(dtype=float, na_value=np.nan)
+        self.items = {c: frame[c].to_numpy(dtype=float, na_value=np.nan)
+                      for c in item_columns(frame)}
+
+    def reg(self, column: str) -> np.ndarray:
+        """Registry value per row (NaN for unknown instruments)."""
+        return _REG[column][self.inst]
 
 
 def _fmt(x: object) -> str:
@@ -128,40 +152,37 @@ class Rule:
     name: str
     column: str
     description: str
-    bad: Callable[[pd.DataFrame], np.ndarray]  # boolean mask of offending rows
+    bad: Callable[[Rows], np.ndarray]  # boolean mask of offending rows
     message: Callable[[pd.Series], str]  # message for one offending row
 
 
-def _client_missing(f: pd.DataFrame) -> np.ndarray:
-    ids = f["client_id"]
-    return (ids.isna() | (ids.astype("string").str.strip() == "")).to_numpy(dtype=bool)
+def _client_missing(r: Rows) -> np.ndarray:
+    ids = r.frame["client_id"]
+    blank = ids.astype("string").str.strip() == ""
+    return (r.client < 0) | blank.to_numpy(dtype=bool, na_value=True)
 
 
-def _session_invalid(f: pd.DataFrame) -> np.ndarray:
-    s = f["session"]
-    return (s.isna() | (s < 1)).to_numpy(dtype=bool)
-
-
-def _instrument_unknown(f: pd.DataFrame) -> np.ndarray:
-    return ~f["instrument"].isin(REGISTRY.keys()).to_numpy(dtype=bool)
-
-
-def _score_missing(f: pd.DataFrame) -> np.ndarray:
-    return f["score"].isna().to_numpy(dtype=bool)
-
-
-def _score_out_of_range(f: pd.DataFrame) -> np.ndarray:
-    s = f["score"].to_numpy(dtype=float, na_value=np.nan)
-    lo, hi = _lookup(f["instrument"], "score_min"), _lookup(f["instrument"], "score_max")
+def _session_invalid(r: Rows) -> np.ndarray:
     with np.errstate(invalid="ignore"):
-        return (s < lo) | (s > hi)
+        return np.isnan(r.session) | (r.session < 1)
 
 
-def _score_not_integer(f: pd.DataFrame) -> np.ndarray:
-    s = f["score"].to_numpy(dtype=float, na_value=np.nan)
-    integer = _lookup(f["instrument"], "integer") == 1
+def _instrument_unknown(r: Rows) -> np.ndarray:
+    return r.inst < 0
+
+
+def _score_missing(r: Rows) -> np.ndarray:
+    return np.isnan(r.score)
+
+
+def _score_out_of_range(r: Rows) -> np.ndarray:
     with np.errstate(invalid="ignore"):
-        return integer & np.isfinite(s) & (s != np.round(s))
+        return (r.score < r.reg("score_min")) | (r.score > r.reg("score_max"))
+
+
+def _score_not_integer(r: Rows) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return (r.reg("integer") == 1) & np.isfinite(r.score) & (r.score != np.round(r.score))
 
 
 def _item_rules() -> list[Rule]:
@@ -169,15 +190,13 @@ def _item_rules() -> list[Rule]:
     for k in range(1, MAX_ITEMS + 1):
         col = f"item_{k}"
 
-        def bad_range(f: pd.DataFrame, col: str = col, k: int = k) -> np.ndarray:
-            if col not in f.columns:
-                return np.zeros(len(f), dtype=bool)
-            v = f[col].to_numpy(dtype=float, na_value=np.nan)
-            lo, hi = _lookup(f["instrument"], "item_min"), _lookup(f["instrument"], "item_max")
-            n = _lookup(f["instrument"], "n_items")
+        def bad_range(r: Rows, col: str = col, k: int = k) -> np.ndarray:
+            v = r.items.get(col)
+            if v is None:
+                return np.zeros(r.n, dtype=bool)
             with np.errstate(invalid="ignore"):
-                beyond = np.isfinite(v) & (k > n)  # item given that the instrument lacks
-                return beyond | (v < lo) | (v > hi)
+                beyond = np.isfinite(v) & (k > r.reg("n_items"))  # an item the instrument lacks
+                return beyond | (v < r.reg("item_min")) | (v > r.reg("item_max"))
 
         rules.append(
             Rule(
@@ -195,37 +214,51 @@ def _item_rules() -> list[Rule]:
     return rules
 
 
-def _items_do_not_sum(f: pd.DataFrame) -> np.ndarray:
-    cols = item_columns(f)
-    if not cols:
-        return np.zeros(len(f), dtype=bool)
-    items = f[cols].to_numpy(dtype=float, na_value=np.nan)
-    n = _lookup(f["instrument"], "n_items")
-    sums = _lookup(f["instrument"], "sums") == 1
+def _items_do_not_sum(r: Rows) -> np.ndarray:
+    if not r.items:
+        return np.zeros(r.n, dtype=bool)
+    cols = list(r.items)
+    items = np.column_stack([r.items[c] for c in cols])
+    n = r.reg("n_items")
     col_k = np.array([int(c[5:]) for c in cols])
     within = col_k[None, :] <= np.nan_to_num(n, nan=0)[:, None]
     answered = np.where(within, np.isfinite(items), False).sum(axis=1)
-    complete = sums & (answered == np.nan_to_num(n, nan=-1))
+    complete = (r.reg("sums") == 1) & (answered == np.nan_to_num(n, nan=-1))
     total = np.where(within, np.nan_to_num(items, nan=0.0), 0.0).sum(axis=1)
-    s = f["score"].to_numpy(dtype=float, na_value=np.nan)
     with np.errstate(invalid="ignore"):
-        return complete & np.isfinite(s) & (np.abs(total - s) > 1e-9)
+        return complete & np.isfinite(r.score) & (np.abs(total - r.score) > 1e-9)
 
 
-def _duplicate_session(f: pd.DataFrame) -> np.ndarray:
-    return f.duplicated(["client_id", "session", "instrument"], keep=False).to_numpy(dtype=bool)
+def _duplicate_session(r: Rows) -> np.ndarray:
+    """More than one score for the same client, session and instrument."""
+    ok = (r.client >= 0) & np.isfinite(r.session)
+    key = np.stack([r.client, np.nan_to_num(r.session, nan=-1).astype(np.int64), r.inst])
+    _, inverse, counts = np.unique(key[:, ok], axis=1, return_inverse=True,
+                                   return_counts=True)
+    out = np.zeros(r.n, dtype=bool)
+    out[np.flatnonzero(ok)] = counts[inverse.ravel()] > 1
+    return out
 
 
-def _date_backwards(f: pd.DataFrame) -> np.ndarray:
+def _date_backwards(r: Rows) -> np.ndarray:
     """A later session dated before an earlier one of the same client."""
-    if "date" not in f.columns or f["date"].isna().all():
-        return np.zeros(len(f), dtype=bool)
-    d = f[["client_id", "session", "date"]].dropna()
-    d = d.assign(_t=d["date"].astype("int64")).sort_values(["client_id", "session"], kind="stable")
-    prev_max = d.groupby("client_id", sort=False)["_t"].cummax().groupby(d["client_id"]).shift(1)
-    back = (d["_t"] < prev_max).to_numpy(dtype=bool)
-    out = np.zeros(len(f), dtype=bool)
-    out[f.index.get_indexer(d.index[back])] = True
+    out = np.zeros(r.n, dtype=bool)
+    if "date" not in r.frame.columns:
+        return out
+    d = r.frame["date"].to_numpy(dtype="datetime64[ns]")
+    ok = ~np.isnat(d) & (r.client >= 0) & np.isfinite(r.session)
+    if not ok.any():
+        return out
+    idx = np.flatnonzero(ok)
+    day = (d[idx].astype(np.int64) // _NS_PER_DAY).astype(np.int64)
+    day -= day.min()
+    order = np.lexsort((r.session[idx], r.client[idx]))
+    # one running max over client-major keys: a client's keys all exceed earlier clients'
+    key = r.client[idx][order].astype(np.int64) * (int(day.max()) + 2) + day[order]
+    prev = np.maximum.accumulate(key)
+    back = np.zeros(len(idx), dtype=bool)
+    back[1:] = key[1:] < prev[:-1]
+    out[idx[order[back]]] = True
     return out
 
 
@@ -274,9 +307,10 @@ def check_sessions(frame: pd.DataFrame, table: str = "sessions",
     instrument string, score float, date datetime). Rows are reported 1-based in frame order.
     """
     frame = frame.reset_index(drop=True)
+    cols = Rows(frame)
     out: list[Violation] = []
     for rule in SESSION_RULES:
-        bad = rule.bad(frame)
+        bad = rule.bad(cols)
         rows = np.flatnonzero(bad)
         if not len(rows):
             continue

@@ -61,7 +61,8 @@ class LogisticRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
             ("impute", SimpleImputer(strategy="median", add_indicator=True,
                                      keep_empty_features=True)),
             ("scale", StandardScaler()),
-            ("logistic", LogisticRegression(C=self.C, max_iter=self.max_iter)),
+            ("logistic", LogisticRegression(C=self.C, max_iter=self.max_iter,
+                                            solver="newton-cholesky")),
         ])
 
     def fit(self, X, y, groups=None) -> LogisticRisk:

@@ -236,7 +236,11 @@ def compare(
     """Leaderboard of the latest training run, and a Markdown report with its plots."""
     from training.report import comparison_report
 
-    path, leaderboard = comparison_report(run_id, out)
+    try:
+        path, leaderboard = comparison_report(run_id, out)
+    except LookupError as e:
+        err.print(f"[red]error[/red]: {e}")
+        raise typer.Exit(1) from None
     _print_frame(leaderboard, "Leaderboard (AUROC as of session 3, cross-validated)",
                  {"instrument": "instrument", "label": "model", "auroc": "AUROC",
                   "brier": "Brier", "cal_slope": "cal. slope", "flag_rate": "flagged"})

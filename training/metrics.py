@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from scipy.stats import rankdata
 
 EPS = 1e-6
 MIN_CELL = 10  # subgroup cells smaller than this are suppressed
@@ -56,18 +56,35 @@ def calibration_slope_intercept(y: np.ndarray, p: np.ndarray) -> tuple[float, fl
     return float(slope), float(intercept)
 
 
-def _auroc(y, p):
-    return roc_auc_score(y, p) if 0 < y.sum() < len(y) else float("nan")
+def _auroc(y: np.ndarray, p: np.ndarray) -> float:
+    """Mann-Whitney AUROC with average ranks for ties (= sklearn's roc_auc_score), without
+    sklearn's per-call validation: the bootstrap calls this thousands of times."""
+    pos = y == 1
+    n1 = int(pos.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(p)
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def _auprc(y, p):
-    return average_precision_score(y, p) if y.sum() > 0 else float("nan")
+def _auprc(y: np.ndarray, p: np.ndarray) -> float:
+    """Average precision (step-wise, ties grouped as in sklearn's average_precision_score)."""
+    if y.sum() == 0:
+        return float("nan")
+    order = np.argsort(-p, kind="mergesort")
+    ps, ys = p[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ps)), len(ys) - 1]
+    tps = np.cumsum(ys)[last]
+    precision = tps / (last + 1)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "auroc": _auroc,
     "auprc": _auprc,
-    "brier": lambda y, p: brier_score_loss(y, p),
+    "brier": lambda y, p: float(np.mean((p - y) ** 2)),
     "cal_slope": lambda y, p: calibration_slope_intercept(y, p)[0],
     "cal_intercept": lambda y, p: calibration_slope_intercept(y, p)[1],
 }

@@ -30,6 +30,8 @@ MODELS = ("expected_response", "neighbours", "gbm", "logistic")
 LABELS = {"expected_response": "Expected response (Finch/Lambert)",
           "neighbours": "Nearest neighbours (Trier)", "gbm": "Gradient boosting (LightGBM)",
           "logistic": "Logistic regression", "oracle": "Bayes oracle (simulation truth)"}
+#: The simulator's oracle is the probability of `failed` on PHQ-9 (features/targets.py).
+ORACLE_INSTRUMENT = "PHQ-9"
 #: The absolute minimum to train anything: clients with a known outcome, and events per class.
 MIN_CLIENTS, MIN_EVENTS = 50, 10
 
@@ -149,7 +151,7 @@ def cross_validate(rows: TrainingRows, target: str, names: list[str], settings: 
 
 def oracle_column(rows: TrainingRows, truth: pd.DataFrame | None) -> np.ndarray | None:
     """The simulator's Bayes-optimal probability for each (client, t) row, where computed."""
-    if truth is None:
+    if truth is None or rows.instrument != ORACLE_INSTRUMENT:
         return None
     t = rows.keys["session"].to_numpy()
     out = np.full(len(rows), np.nan)

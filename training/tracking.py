@@ -50,8 +50,11 @@ def configure(experiment: str = EXPERIMENT) -> str:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         kwargs = {} if not uri.startswith("sqlite") else {"artifact_location": artifact_root()}
-        return client.create_experiment(experiment, **kwargs)
-    return exp.experiment_id
+        experiment_id = client.create_experiment(experiment, **kwargs)
+    else:
+        experiment_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def file_sha256(paths: list[Path]) -> str:

@@ -263,7 +263,8 @@ def train(cohort: Cohort, data_path: Path | None, settings: Settings | None = No
     }
     reports, fitted, holds = {}, {}, {}
     with mlflow.start_run(run_name=f"train {dt.datetime.now():%Y-%m-%d %H:%M}") as run:
-        mlflow.set_tags({f"provenance.{k}": v for k, v in provenance.items()})
+        mlflow.set_tags({"kind": "training",
+                         **{f"provenance.{k}": v for k, v in provenance.items()}})
         mlflow.log_params({"seed": settings.seed, "n_folds": settings.n_folds,
                            "n_neighbors": settings.n_neighbors, "n_boot": n_boot,
                            "instruments": ",".join(rows_by_inst),
