@@ -28,6 +28,7 @@ P_B0_MU, P_B0_SD, P_B0_FEMALE, P_B0_MED = (IDX["b0_mu"], IDX["b0_sd"], IDX["b0_f
 P_EG_SD, P_A0_MU, P_A0_SD, P_A0_ALL = IDX["eg_sd"], IDX["a0_mu"], IDX["a0_sd"], IDX["a0_alliance"]
 P_SRS_SCALE, P_DRIFT = IDX["srs_item_scale"], IDX["alliance_drift"]
 P_C_AS, P_C_SA, P_RHO = IDX["c_alliance_symptom"], IDX["c_symptom_alliance"], IDX["rho"]
+P_WEEK, P_WEEK_P = IDX["week_shock"], IDX["week_prob"]
 P_LE_ETA, P_LE_MISS = IDX["le_eta"], IDX["le_miss"]
 P_MISS0, P_MISS_MOT, P_MISS_ALL = IDX["miss0"], IDX["miss_motivation"], IDX["miss_alliance"]
 P_DROP0, P_DROP_INTAKE, P_DROP_ALL = IDX["drop0"], IDX["drop_intake"], IDX["drop_alliance"]
@@ -61,6 +62,7 @@ ST_OPT, ST_OPTSLOT, ST_R, ST_SLOT = 12, 13, 14, 15
 NST = 16
 # --- uniform streams within a slot ---
 _J_LE, _J_MISS, _J_SRS, _J_PHQ, _J_GAD, _J_DECIDE, _J_END, _J_ROULETTE = 0, 1, 2, 6, 7, 8, 9, 10
+_J_WEEK = 11
 _J_LATENT = 16  # slot 0 only: latent draws use counters 16..
 
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
@@ -111,6 +113,17 @@ def softplus(x):
     if x > 0:
         return x + math.log1p(math.exp(-x))
     return math.log1p(math.exp(x))
+
+
+@nb.njit(**JIT)
+def week(P, u):
+    """Good (-1) / ordinary (0) / bad (+1) week from one uniform."""
+    p = P[P_WEEK_P]
+    if u < p:
+        return -1
+    if u >= 1.0 - p:
+        return 1
+    return 0
 
 
 @nb.njit(**JIT)
@@ -494,7 +507,8 @@ def _simulate_one(P, phq_delta, gad_delta, phq_logg, gad_logg, phq_eta_hat, gad_
                 return
             continue
         es = eta_struct(P, k, d, b1, s, st)
-        eta = es + P[P_RHO] * st[ST_R] + P[P_LE_ETA] * e
+        eta = (es + P[P_RHO] * st[ST_R] + P[P_LE_ETA] * e
+               + P[P_WEEK] * week(P, unif(key, base + _J_WEEK)))
         a = alliance(P, bit(d, D_ALL), s, st)
         srs = 0
         for j in range(4):

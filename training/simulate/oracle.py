@@ -82,6 +82,21 @@ def _logsumexp2(a, b):
 
 
 @nb.njit(**JIT)
+def _week_mix(P, ph, ga, eta, g0, phq_logg, gexp, gad_logg, gad_gexp):
+    """log P(PHQ-9, GAD-7 totals | eta) with the good / ordinary / bad week summed out."""
+    p = P[K.P_WEEK_P]
+    acc = -np.inf
+    for wk in range(-1, 2):
+        pw = p if wk != 0 else 1.0 - 2.0 * p
+        if pw <= 0.0:
+            continue
+        x = eta + P[K.P_WEEK] * wk
+        acc = _logsumexp2(acc, math.log(pw) + K.rasch_logpmf_poly(ph, x, phq_logg, gexp)
+                          + K.rasch_logpmf_poly(ga, x + g0, gad_logg, gad_gexp))
+    return acc
+
+
+@nb.njit(**JIT)
 def intake_factors(P, phq_delta, gad_delta, phq_logg, gad_logg, srs_cut, phq1, gad1, srs_items,
                    diag, gender, z2, w2, out_med, out_all):
     """log P(intake PHQ-9, GAD-7 | medication bit) and log P(intake SRS items | alliance bit),
@@ -149,7 +164,8 @@ def forward_path(P, gexp, phq_eta_hat, k, d, b1, age, pst, t, t_cut, pkey, probs
             w *= 1.0 - pe
         else:
             es = K.eta_struct(P, k, d, b1, s, pst)
-            eta = es + P[P_RHO] * pst[ST_R] + P[P_LE_ETA] * e
+            eta = (es + P[P_RHO] * pst[ST_R] + P[P_LE_ETA] * e
+                   + P[K.P_WEEK] * K.week(P, K.unif(pkey, base + K._J_WEEK)))
             al = K.alliance(P, (d >> D_ALL) & 1, s, pst)
             srs = 0
             for j in range(4):
@@ -448,11 +464,10 @@ def oracle_kernel(P, phq_delta, gad_delta, phq_logg, gad_logg, gexp, gad_gexp, p
                             es = K.eta_struct(P, node_k[n], d, node_b1[n], s, st)
                             eta0 = es + P[P_RHO] * r_node[n]
                             g0 = st[ST_GOFF]
-                            ll0 = (K.rasch_logpmf_poly(ph_s, eta0, phq_logg, gexp)
-                                   + K.rasch_logpmf_poly(ga_s, eta0 + g0, gad_logg, gad_gexp))
-                            eta1 = eta0 + P[P_LE_ETA]
-                            ll1 = (K.rasch_logpmf_poly(ph_s, eta1, phq_logg, gexp)
-                                   + K.rasch_logpmf_poly(ga_s, eta1 + g0, gad_logg, gad_gexp))
+                            ll0 = _week_mix(P, ph_s, ga_s, eta0, g0, phq_logg, gexp, gad_logg,
+                                            gad_gexp)
+                            ll1 = _week_mix(P, ph_s, ga_s, eta0 + P[P_LE_ETA], g0, phq_logg,
+                                            gexp, gad_logg, gad_gexp)
                             last_key = key
                         a0 = math.log(max((1.0 - h) * (1.0 - pm[mot, 0]), 1e-300)) + ll0
                         a1 = math.log(max(h * (1.0 - pm[mot, 1]), 1e-300)) + ll1

@@ -57,7 +57,7 @@ FLUCKIGER_SOURCE = ("Flückiger, Rubel, Del Re et al. 2020, J Consult Clin Psych
                     "(two-stage IPD meta-analysis, first 7 sessions, n > 5,000)")
 #: Within-person SDs used to put the standardised coefficients on raw points (assumed; the
 #: summary re-estimates both SDs and both coefficients from every simulated cohort).
-SD_WITHIN_PHQ = 3.2  # PHQ-9 points, within-person around the person mean, sessions 1-7
+SD_WITHIN_PHQ = 3.7  # PHQ-9 points, within-person around the person mean, sessions 1-7
 SD_WITHIN_SRS = 1.4  # SRS points, within-person around the person mean
 #: Local slopes used to put raw points on the kernels' logit scales (derivative of the
 #: expected total with respect to the latent at the typical level).
@@ -91,7 +91,7 @@ class Params:
 
     # --- trajectory classes (tuned mix and slopes; Finch, Lambert & Schaalje 2001: expected
     # change is linear in log(session)) ---
-    traj_prior: tuple[float, ...] = (0.30, 0.28, 0.17, 0.09, 0.04, 0.035, 0.03, 0.02, 0.02,
+    traj_prior: tuple[float, ...] = (0.30, 0.29, 0.17, 0.08, 0.04, 0.035, 0.03, 0.02, 0.02,
                                      0.015)
     traj_beta: tuple[float, ...] = (1.35, 0.75, 0.06, -0.40, 0.40, 0.40, 0.40, 0.40, 0.40, 0.40)
     sudden_gain_drop: float = 1.0  # logit drop at the gain session (tuned; assumed size)
@@ -123,6 +123,10 @@ class Params:
     c_symptom_alliance: float = field(
         default_factory=lambda: fluckiger_raw()["symptom_to_alliance_logit"])
     rho: float = 0.3  # persistence of the last observed residual (assumed)
+    # --- good and bad weeks: a per-session symptom shock of +-week_shock with probability
+    # week_prob each (assumed; makes week-to-week variation exceed item noise, as in ROM data) ---
+    week_shock: float = 0.75
+    week_prob: float = 0.25
     # --- domains (assumed prevalences; Lambert's Assessment for Signal Clients domains) ---
     dom_prev: tuple[float, ...] = (0.20, 0.25, 0.25, 0.20, 0.15)
     dom_slope_penalty: tuple[float, ...] = (0.12, 0.0, 0.14, 0.0, 0.18)
@@ -189,7 +193,8 @@ class Params:
 _SCALARS = (
     "sudden_gain_drop", "b0_mu", "b0_sd", "b0_female", "b0_medication", "eg_sd",
     "a0_mu", "a0_sd", "a0_alliance", "srs_item_scale", "alliance_drift",
-    "c_alliance_symptom", "c_symptom_alliance", "rho", "le_eta", "le_miss",
+    "c_alliance_symptom", "c_symptom_alliance", "rho", "week_shock", "week_prob", "le_eta",
+    "le_miss",
     "miss0", "miss_motivation", "miss_alliance", "drop0", "drop_intake", "drop_alliance",
     "drop_progress", "drop_motivation", "drop_after_miss", "fin0", "fin_recovered",
     "fin_session", "offtrack_tol", "offtrack_rc_session", "offtrack_srs", "prop_floor",
@@ -296,7 +301,7 @@ def tiny_two_class() -> Params:
     """A configuration small enough to work the oracle out by hand (see tests).
 
     Two classes (early responders 60%, non-responders 40%), no domains, no slope random
-    effect, no life events, nobody misses or leaves early, no cross-lagged paths, no residual
+    effect, no life events, no good or bad weeks, nobody misses or leaves early, no cross-lagged paths, no residual
     persistence, adaptations without effect, and the course ends at the third slot.
     """
     prior = [0.0] * N_TRAJ
@@ -305,7 +310,8 @@ def tiny_two_class() -> Params:
         traj_prior=tuple(prior), b1_sd_client=0.0, b1_sd_therapist=0.0, b1_sd_clinic=0.0,
         dom_prev=(0.0,) * N_DOM, le_hazard=(0.0, 0.0), miss0=-60.0, drop0=-60.0,
         drop_intake=0.0, drop_after_miss=0.0, fin0=-60.0, fin_recovered=0.0, fin_session=0.0,
-        c_alliance_symptom=0.0, c_symptom_alliance=0.0, rho=0.0, adapt_generic=0.0,
+        c_alliance_symptom=0.0, c_symptom_alliance=0.0, rho=0.0, week_prob=0.0,
+        adapt_generic=0.0,
         adapt_matched=(0.0,) * 6, adapt_alliance_boost=0.0, max_slots=3,
         intake_window_days=0, drop_age=(0.0,) * 5,
     )

@@ -71,8 +71,9 @@ def sudden_gain_share(sessions: pd.DataFrame) -> float:
 
     Criteria adapted from Tang & DeRubeis 1999 to the PHQ-9: a fall between consecutive
     attended sessions of >= 6 points (the reliable change) and >= 25% of the pre-gain score,
-    not reversed: the mean of the gain session and up to two later ones stays >= 3 points below
-    the pre-gain score.
+    and (their third criterion, simplified) the mean of up to three scores before the gain
+    exceeds the mean of up to three scores from the gain on by >= 5 points, with at least two
+    scores on each side.
     """
     phq = sessions[sessions["instrument"] == "PHQ-9"].sort_values(["client_id", "session"])
     flags = []
@@ -81,9 +82,10 @@ def sudden_gain_share(sessions: pd.DataFrame) -> float:
         if len(s) < 4:
             continue
         hit = False
-        for i in range(1, len(s) - 1):
+        for i in range(2, len(s) - 1):
             drop = s[i - 1] - s[i]
-            if drop >= 6 and drop >= 0.25 * s[i - 1] and s[i - 1] - s[i:i + 3].mean() >= 3:
+            if (drop >= 6 and drop >= 0.25 * s[i - 1]
+                    and s[max(0, i - 3):i].mean() - s[i:i + 3].mean() >= 5):
                 hit = True
                 break
         flags.append(hit)
@@ -143,7 +145,7 @@ def summary(sessions: pd.DataFrame, clients: pd.DataFrame, truth: pd.DataFrame |
                    "Flückiger et al. 2020"),
         SummaryRow("within-person SD PHQ-9 / SRS (s1-7)",
                    f"{cl['sd_within_phq']:.2f} / {cl['sd_within_srs']:.2f}",
-                   "assumed 3.2 / 1.4 for the conversion", None, None, False, "docs/simulator.md"),
+                   "assumed 3.7 / 1.4 for the conversion", None, None, False, "docs/simulator.md"),
         SummaryRow("sudden-gain share (>= 4 scores)", sudden_gain_share(sessions),
                    "a sizeable minority (VERIFY)", None, None, False, "domain.md"),
         SummaryRow("sessions attended p10/p25/p50/p75/p90 (ended)",
