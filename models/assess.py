@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from typing_extensions import TypedDict
+
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
@@ -24,12 +26,12 @@ from models.suggestions import rule_suggestions
 # ------------------------------------------------------------------------------------------
 # Output schema (the service's response schema reuses these)
 # ------------------------------------------------------------------------------------------
-class SafetyItem(BaseModel):
+class SafetyItem(TypedDict):
     instrument: str
     item: int
     value: float
     session: int
-    loinc: str | None = None
+    loinc: str | None
 
 
 class Safety(BaseModel):
@@ -58,6 +60,8 @@ class Signal(BaseModel):
 
 
 class CoursePoint(BaseModel):
+    """Expected score at a coming session, its 90% band and the failure boundary."""
+
     session: int
     expected: float
     lower: float
@@ -75,12 +79,14 @@ class ChangeStatus(BaseModel):
 
 class AllianceStatus(BaseModel):
     status: Literal["ok", "below_cutoff", "drop", "below_cutoff_and_drop", "not_assessed"]
-    latest: float | None = None
+    latest: float | None = Field(None, description="Latest alliance score on its own scale.")
     cutoff: float | None = None
     message: str
 
 
-class DriverFeature(BaseModel):
+class DriverFeature(TypedDict):
+    """A model input behind a driver: its name, its value and its log-odds contribution."""
+
     name: str
     value: float | None
     log_odds: float
@@ -135,37 +141,56 @@ class Assessment(BaseModel):
 
 # ------------------------------------------------------------------------------------------
 def safety_by_client(sessions: pd.DataFrame) -> dict[str, Safety]:
-    """Risk-item status per client, independent of any model."""
-    frames = []
+    """Risk-item status per client, independent of any model: the risk items answered at the
+    latest session where any was answered (vectorised; one object per client)."""
+    ids, sess, vals, codes, items = [], [], [], [], []
+    inst_col = sessions["instrument"].to_numpy(dtype=object)
     for code, inst in REGISTRY.items():
+        if not inst.risk_items:
+            continue
+        of_inst = inst_col == code
+        if not of_inst.any():
+            continue
         for k in inst.risk_items:
             col = f"item_{k}"
             if col not in sessions.columns:
                 continue
-            sel = sessions.loc[(sessions["instrument"] == code) & sessions[col].notna(),
-                               ["client_id", "session", col]]
-            if len(sel):
-                frames.append(sel.rename(columns={col: "value"}).assign(instrument=code, item=k))
+            v = sessions[col].to_numpy(dtype=float, na_value=np.nan)
+            m = of_inst & np.isfinite(v)
+            if m.any():
+                ids.append(sessions["client_id"].to_numpy(dtype=object)[m])
+                sess.append(sessions["session"].to_numpy(dtype=np.int64)[m])
+                vals.append(v[m])
+                codes.append(np.full(int(m.sum()), code, dtype=object))
+                items.append(np.full(int(m.sum()), k))
+    if not ids:
+        return {}
+    ids, sess, vals = np.concatenate(ids), np.concatenate(sess), np.concatenate(vals)
+    codes, items = np.concatenate(codes), np.concatenate(items)
+    client, uniq = pd.factorize(ids)
+    last = np.full(len(uniq), -1, dtype=np.int64)
+    np.maximum.at(last, client, sess)
+    at_last = sess == last[client]
+    flagged = at_last & (vals > 0)
     out: dict[str, Safety] = {}
-    if frames:
-        items = pd.concat(frames, ignore_index=True)
-        last = items.groupby("client_id")["session"].transform("max")
-        latest = items[items["session"] == last]
-        for cid, d in latest.groupby("client_id", sort=False):
-            flagged = d[d["value"] > 0]
-            if len(flagged):
-                lst = [SafetyItem(instrument=r.instrument, item=int(r.item), value=float(r.value),
-                                  session=int(r.session),
-                                  loinc=REGISTRY[r.instrument].loinc_items.get(int(r.item)))
-                       for r in flagged.itertuples()]
-                names = ", ".join(f"{i.instrument} item {i.item} = {i.value:g}" for i in lst)
-                out[str(cid)] = Safety(status="flag", items=lst, message=(
-                    f"Risk item answered above zero ({names}) at session {lst[0].session}. "
-                    "Review risk with the client today, whatever the model says."))
-            else:
-                s = int(d["session"].iloc[0])
-                out[str(cid)] = Safety(status="clear", message=(
-                    f"Risk items answered zero at session {s}."))
+    flagged_rows: dict[int, list[int]] = {}
+    for i in np.flatnonzero(flagged):
+        flagged_rows.setdefault(int(client[i]), []).append(int(i))
+    for c, cid in enumerate(uniq):
+        rows = flagged_rows.get(c)
+        if rows:
+            lst = [SafetyItem(
+                instrument=str(codes[i]), item=int(items[i]), value=float(vals[i]),
+                session=int(sess[i]), loinc=REGISTRY[codes[i]].loinc_items.get(int(items[i])))
+                for i in rows]
+            names = ", ".join(f"{i['instrument']} item {i['item']} = {i['value']:g}"
+                              for i in lst)
+            out[str(cid)] = Safety.model_construct(status="flag", items=lst, message=(
+                f"Risk item answered above zero ({names}) at session {lst[0]['session']}. "
+                "Review risk with the client today, whatever the model says."))
+        else:
+            out[str(cid)] = Safety.model_construct(status="clear", items=[], message=(
+                f"Risk items answered zero at session {int(last[c])}."))
     return out
 
 
@@ -178,21 +203,27 @@ def _primary(sessions: pd.DataFrame, covered: list[str]) -> pd.Series:
     order = covered + [c for c, i in REGISTRY.items() if i.role is Role.OUTCOME
                        and c not in covered]
     rank = {c: k for k, c in enumerate(order)}
-    s = sessions[sessions["instrument"].isin(rank)]
-    r = s["instrument"].map(rank)
-    best = r.groupby(s["client_id"]).min()
-    return best.map(dict(enumerate(order)))
+    client, ids = pd.factorize(sessions["client_id"])
+    icode, iuniq = pd.factorize(sessions["instrument"])
+    r = np.array([rank.get(str(u), len(order)) for u in iuniq] + [len(order)])[icode]
+    best = np.full(len(ids), len(order))
+    np.minimum.at(best, client, r)
+    has = best < len(order)
+    return pd.Series(np.array(order + [""], dtype=object)[best[has]], index=ids[has])
 
 
-def _alliance(row: dict) -> AllianceStatus:
+def _alliance(row: dict, raw: tuple[str, float] | None = None) -> AllianceStatus:
     latest = row.get("alliance_latest", np.nan)
-    if not np.isfinite(latest):
-        return AllianceStatus(status="not_assessed", message="No alliance rating was given.")
+    if not np.isfinite(latest) or raw is None:
+        return AllianceStatus.model_construct(status="not_assessed", latest=None, cutoff=None,
+                                              message="No alliance rating was given.")
     below = row.get("alliance_below_cutoff") == 1
     drop = row.get("alliance_drop", np.nan)
     drop = bool(np.isfinite(drop) and drop > 0)
     status = {(True, True): "below_cutoff_and_drop", (True, False): "below_cutoff",
               (False, True): "drop", (False, False): "ok"}[(below, drop)]
+    code, score = raw
+    cutoff = REGISTRY[code].cutoff
     msg = {"ok": "The alliance rating is above its cut-off and did not drop.",
            "below_cutoff": "The latest alliance rating is below the cut-off that signals a "
                            "possible alliance problem.",
@@ -200,7 +231,9 @@ def _alliance(row: dict) -> AllianceStatus:
                    "with the client.",
            "below_cutoff_and_drop": "The alliance rating is below its cut-off and dropped since "
                                     "the previous session: worth raising with the client."}[status]
-    return AllianceStatus(status=status, latest=float(latest), message=msg)
+    return AllianceStatus.model_construct(
+        status=status, latest=score, cutoff=cutoff,
+        message=f"{code} {score:g}" + (f" (cut-off {cutoff:g})" if cutoff else "") + ": " + msg)
 
 
 def _agreement(colour: str, at_risk: bool | None) -> str | None:
@@ -222,8 +255,10 @@ def assess(bundle, sessions: pd.DataFrame, covariates: pd.DataFrame | None = Non
     safety = safety_by_client(sessions)
     primary = _primary(sessions, bundle.instruments)
     results: dict[str, Assessment] = {}
-    for instrument, ids in primary.groupby(primary, sort=False):
-        sub = sessions[sessions["client_id"].isin(ids.index)]
+    for instrument in pd.unique(primary.to_numpy()):
+        members = primary.index[primary.to_numpy() == instrument]
+        sub = sessions if len(members) == len(primary) else sessions[
+            sessions["client_id"].isin(members)]
         results.update(_assess_instrument(bundle, instrument, sub, safety, covariates, horizon))
     for cid in order:
         if cid not in results:  # no outcome instrument at all (e.g. alliance ratings only)
@@ -235,101 +270,131 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
     inst = get(instrument)
     m = bundle.models.get(instrument)
     ff = point_in_time(sessions, instrument=instrument, at=None)
-    X, keys = ff.X, ff.keys
+    X = ff.X
+    ids = ff.keys["client_id"].to_numpy(dtype=object)
+    names_x = list(X.columns)
+    values = X.to_numpy(dtype=float)
     n = len(X)
-    rows = X.to_dict("records")
-    intake, latest = X["intake_score"].to_numpy(), X["latest_score"].to_numpy()
-    session = X["session"].to_numpy()
-    n_scores = X["n_scores"].to_numpy()
-    notes = [[] for _ in range(n)]
+    col = {c: values[:, j] for j, c in enumerate(names_x)}
+    intake, latest = col["intake_score"], col["latest_score"]
+    session, n_scores = col["session"], col["n_scores"]
     risk = [None] * n
     explanation = [None] * n
     courses = [[] for _ in range(n)]
-    source = np.array(["none"] * n, dtype=object)
-    pop = [Population(out_of_population=False) for _ in range(n)]
+    source = np.full(n, "none", dtype=object)
+    notes = [[] for _ in range(n)]
+    pop = [None] * n
 
     if m is None:
         med = bnd = np.full(n, np.nan)
+        note = (f"No model covers {instrument}: risk, expected course and signal are not "
+                "available. Reliable change, alliance and safety checks still apply.")
         for k in range(n):
-            notes[k].append(f"No model covers {instrument}: risk, expected course and signal "
-                            "are not available. Reliable change, alliance and safety checks "
-                            "still apply.")
-            pop[k] = Population(out_of_population=True, reasons=[
+            notes[k].append(note)
+            pop[k] = Population.model_construct(out_of_population=True, reasons=[
                 f"no model was trained on {instrument}"])
     else:
         med, _, _, bnd = m.expected.expected(intake, session)
-        source = np.where(np.isfinite(bnd), "expected_response", "none").astype(object)
-        nav_course = None
-        if m.navigator is not None:
-            nav_course = m.navigator.expected_course(X)  # (n, max_session) arrays
-            s_idx = np.clip(session.astype(int), 1, m.navigator.max_session) - 1
-            r_idx = np.arange(n)
-            nav = tuple(nav_course[key][r_idx, s_idx]
-                        for key in ("median", "lower", "upper", "boundary"))
-            has = np.isfinite(nav[3])
-            med = np.where(has, nav[0], med)
-            bnd = np.where(has, nav[3], bnd)
-            source = np.where(has, "neighbours", source).astype(object)
-        p_fail = m.failure.predict_proba(X)[:, 1]
+        source[np.isfinite(bnd)] = "expected_response"
+        # the expected course for the next sessions, all clients at once
+        ahead = session[:, None] + np.arange(1, horizon + 1)[None, :]
+        cm, cl, cu, cb = m.expected.expected(np.repeat(intake[:, None], horizon, axis=1),
+                                             ahead)
+        if m.navigator is not None:  # the neighbours' course replaces it where it exists
+            nav = m.navigator.expected_course(X)  # (n, max_session) arrays
+            S = m.navigator.max_session
+            r = np.arange(n)
+            s_idx = np.clip(session.astype(int), 1, S) - 1
+            has = np.isfinite(nav["boundary"][r, s_idx])
+            med = np.where(has, nav["median"][r, s_idx], med)
+            bnd = np.where(has, nav["boundary"][r, s_idx], bnd)
+            source[has] = "neighbours"
+            j = np.clip(ahead.astype(int), 1, S) - 1
+            ok = np.isfinite(nav["boundary"][r[:, None], j]) & (ahead <= S)
+            cm, cl, cu, cb = (np.where(ok, nav[key][r[:, None], j], old) for key, old in
+                              (("median", cm), ("lower", cl), ("upper", cu), ("boundary", cb)))
+        M = m.failure.transform_features(X)
+        phi = m.failure.contributions_from_matrix(M)
+        logit = phi.sum(axis=1)
+        p_fail = 1.0 / (1.0 + np.exp(-logit))
         p_drop = m.dropout.predict_proba(X)[:, 1] if m.dropout is not None else None
-        phi = m.failure.contributions(X)
-        matrix = m.failure.transform_features(X)
         names = list(m.failure.feature_names_)
+        thr = float(m.failure.threshold_)
+        model_name = type(m.failure).__name__
         for k in range(n):
-            at = bool(p_fail[k] >= m.failure.threshold_)
-            risk[k] = Risk(p_failure=float(p_fail[k]),
-                           p_dropout=None if p_drop is None else float(p_drop[k]),
-                           at_risk=at, threshold=float(m.failure.threshold_),
-                           model=type(m.failure).__name__, model_version=bundle.version,
-                           feature_version=bundle.feature_version)
-            intercept, drivers = group_contributions(names, matrix[k], phi[k], instrument)
-            explanation[k] = Explanation(intercept=intercept, logit=float(phi[k].sum()),
-                                         drivers=[d.__dict__ for d in drivers])
-            ahead = np.arange(int(session[k]) + 1, int(session[k]) + 1 + horizon)
-            cm, cl, cu, cb = m.expected.expected(np.full(horizon, intake[k]), ahead)
-            if nav_course is not None:  # the neighbours' course replaces it where it exists
-                j = np.clip(ahead, 1, m.navigator.max_session) - 1
-                nm, nl, nu, nb = (nav_course[key][k, j]
-                                  for key in ("median", "lower", "upper", "boundary"))
-                ok = np.isfinite(nb) & (ahead <= m.navigator.max_session)
-                cm, cl, cu, cb = (np.where(ok, a, b) for a, b in
-                                  ((nm, cm), (nl, cl), (nu, cu), (nb, cb)))
-            courses[k] = [CoursePoint(session=int(s), expected=float(a), lower=float(b),
-                                      upper=float(c), failure_boundary=float(d))
-                          for s, a, b, c, d in zip(ahead, cm, cl, cu, cb, strict=True)]
+            risk[k] = Risk.model_construct(
+                p_failure=float(p_fail[k]),
+                p_dropout=None if p_drop is None else float(p_drop[k]),
+                at_risk=bool(p_fail[k] >= thr), threshold=thr, model=model_name,
+                model_version=bundle.version, feature_version=bundle.feature_version)
+            intercept, drivers = group_contributions(names, M[k], phi[k], inst)
+            explanation[k] = Explanation.model_construct(
+                target="failed", intercept=intercept, logit=float(logit[k]),
+                drivers=[Driver.model_construct(
+                    concept=d.concept, direction=d.direction, log_odds=d.log_odds,
+                    percentage_points=d.percentage_points, sentence=d.sentence,
+                    features=d.features)
+                    for d in drivers])
+            courses[k] = [CoursePoint.model_construct(
+                session=int(ahead[k, h]), expected=float(cm[k, h]), lower=float(cl[k, h]),
+                upper=float(cu[k, h]), failure_boundary=float(cb[k, h]))
+                for h in range(horizon)]
             pop[k] = _population_check(m.population, intake[k], session[k], instrument,
-                                       covariates, keys["client_id"].iloc[k])
+                                       covariates, ids[k])
 
     sig = signal_rule(latest, n_scores, med, bnd, session, inst)
-    cats = classify(intake, latest, inst) if inst.rci is not None else [None] * n
-    rcu = rc_units(intake, latest, inst) if inst.rci is not None else np.full(n, np.nan)
+    colours, reasons = sig["colour"].to_numpy(), sig["reason"].to_numpy()
+    has_rci = inst.rci is not None
+    cats = classify(intake, latest, inst) if has_rci else [None] * n
+    rcu = rc_units(intake, latest, inst) if has_rci else np.full(n, np.nan)
+    alliance_raw = _latest_alliance(sessions)
     out = {}
     for k in range(n):
-        cid = str(keys["client_id"].iloc[k])
+        cid = str(ids[k])
         saf = safety.get(cid, NOT_ASSESSED)
-        colour = str(sig["colour"].iloc[k])
+        colour = str(colours[k])
         r = risk[k]
-        sugg = rule_suggestions(rows[k], inst, colour, None if r is None else r.p_failure,
+        row = dict(zip(names_x, values[k], strict=True))
+        sugg = rule_suggestions(row, inst, colour, None if r is None else r.p_failure,
                                 None if r is None else r.p_dropout, saf.status,
                                 None if r is None else r.at_risk)
         imp = None if not np.isfinite(rcu[k]) else float(rcu[k] * inst.rci)
-        out[cid] = Assessment(
+        out[cid] = Assessment.model_construct(
             client_id=cid, instrument=instrument, session=int(session[k]),
             n_scores=int(n_scores[k]), safety=saf, risk=r,
-            signal=Signal(colour=colour, reason=str(sig["reason"].iloc[k]),
-                          boundary_source=str(source[k]) if colour != "grey" else "none"),
+            signal=Signal.model_construct(
+                colour=colour, reason=str(reasons[k]),
+                boundary_source=str(source[k]) if colour != "grey" else "none"),
             agreement=_agreement(colour, None if r is None else r.at_risk),
             course=courses[k],
-            change=ChangeStatus(category=None if cats[k] is None else str(cats[k]),
-                                improvement_points=imp,
-                                rc_units=None if imp is None else float(rcu[k]),
-                                intake_score=float(intake[k]), latest_score=float(latest[k])),
-            alliance=_alliance(rows[k]),
+            change=ChangeStatus.model_construct(
+                category=None if cats[k] is None else str(cats[k]), improvement_points=imp,
+                rc_units=None if imp is None else float(rcu[k]),
+                intake_score=float(intake[k]), latest_score=float(latest[k])),
+            alliance=_alliance(row, alliance_raw.get(cid)),
             explanation=explanation[k],
-            suggestions=[SuggestionOut(adaptation=s.adaptation, prompt=s.prompt,
-                                       rationale=s.rationale, source=s.source) for s in sugg],
+            suggestions=[SuggestionOut.model_construct(
+                adaptation=g.adaptation, prompt=g.prompt, rationale=g.rationale,
+                source=g.source) for g in sugg],
             population=pop[k], notes=notes[k])
     return out
+
+
+def _latest_alliance(sessions: pd.DataFrame) -> dict[str, tuple[str, float]]:
+    """Per client: (alliance instrument, its latest raw score), for display."""
+    codes = [c for c, i in REGISTRY.items() if i.role is Role.ALLIANCE]
+    inst = sessions["instrument"].to_numpy(dtype=object)
+    m = np.isin(inst, codes)
+    if not m.any():
+        return {}
+    ids = sessions["client_id"].to_numpy(dtype=object)[m]
+    sess = sessions["session"].to_numpy(dtype=np.int64)[m]
+    score = sessions["score"].to_numpy(dtype=float)[m]
+    order = np.lexsort((sess, ids.astype(str)))
+    ids, inst_m, score = ids[order], inst[m][order], score[order]
+    last = np.r_[ids[1:] != ids[:-1], True]
+    return {str(c): (str(i), float(v)) for c, i, v in zip(ids[last], inst_m[last],
+                                                          score[last], strict=True)}
 
 
 def _population_check(pop, intake: float, session: float, instrument: str,

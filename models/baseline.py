@@ -120,9 +120,13 @@ class LogisticRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
         """Exact log-odds contributions: coef x standardised input, a feature's missing
         indicator folded into the feature. Shape (n, n_features + 1), intercept last; each row
         sums to `predict_logit`."""
+        return self.contributions_from_matrix(self.transform_features(X))
+
+    def contributions_from_matrix(self, M: np.ndarray) -> np.ndarray:
+        """`contributions` for a matrix built by `transform_features`."""
         check_is_fitted(self, "pipeline_")
         steps = self.pipeline_.named_steps
-        frame = steps["select"].transform(steps["deviation"].transform(self._checked(X)))
+        frame = pd.DataFrame(M, columns=list(self.feature_names_))
         z = steps["scale"].transform(steps["impute"].transform(frame))
         coef = steps["logistic"].coef_[0]
         parts = z * coef

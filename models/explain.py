@@ -11,11 +11,11 @@ labelled so).
 from __future__ import annotations
 
 from collections.abc import Callable
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
-from scipy.special import expit
-
 from features.instruments import Instrument, get
 
 
@@ -255,33 +255,45 @@ class ConceptDriver:
     features: list[dict]
 
 
-def group_contributions(names, values: np.ndarray, phi: np.ndarray, instrument: str,
-                        top: int | None = None) -> tuple[float, list[ConceptDriver]]:
+@lru_cache(maxsize=32)
+def _concept_groups(names: tuple[str, ...]) -> tuple[tuple[str, np.ndarray], ...]:
+    """(concept, feature positions) for a model's feature names, in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for j, n in enumerate(names):
+        groups.setdefault(TEMPLATES[n].concept, []).append(j)
+    return tuple((c, np.array(js)) for c, js in groups.items())
+
+
+def group_contributions(names, values: np.ndarray, phi: np.ndarray,
+                        instrument: str | Instrument, top: int | None = None
+                        ) -> tuple[float, list[ConceptDriver]]:
     """Group one row's contributions by concept, largest absolute first.
 
     ``values`` are the model-matrix values (same order as ``names``); ``phi`` has one more
     entry than ``names`` (the intercept, last). Returns (intercept, drivers).
     """
-    inst = get(instrument)
-    row = {n: float(v) for n, v in zip(names, values, strict=True)}
+    inst = instrument if isinstance(instrument, Instrument) else get(instrument)
+    names = tuple(names)
+    row = dict(zip(names, values.tolist(), strict=True))
+    contrib = phi[:-1]
     logit = float(phi.sum())
-    p = float(expit(logit))
-    by: dict[str, list[tuple[str, float]]] = {}
-    for n, c in zip(names, phi[:-1], strict=True):
-        by.setdefault(TEMPLATES[n].concept, []).append((n, float(c)))
+    p = 1.0 / (1.0 + math.exp(-logit))
     drivers = []
-    for concept, items in by.items():
-        total = sum(c for _, c in items)
-        lead = max(items, key=lambda t: abs(t[1]))[0]
+    for concept, js in _concept_groups(names):
+        c = contrib[js]
+        total = float(c.sum())
+        order = js[np.argsort(-np.abs(c), kind="stable")]
+        lead = names[order[0]]
         sentence = TEMPLATES[lead].template(row[lead], inst, row)
         drivers.append(ConceptDriver(
             concept=concept,
             log_odds=total,
-            percentage_points=100 * (p - float(expit(logit - total))),
+            percentage_points=100 * (p - 1.0 / (1.0 + math.exp(-(logit - total)))),
             direction="raises" if total > 0 else "lowers",
             sentence=sentence,
-            features=[{"name": n, "value": None if not np.isfinite(row[n]) else row[n],
-                       "log_odds": c} for n, c in sorted(items, key=lambda t: -abs(t[1]))],
+            features=[{"name": names[j], "value": row[names[j]]
+                       if math.isfinite(row[names[j]]) else None,
+                       "log_odds": float(contrib[j])} for j in order],
         ))
     drivers.sort(key=lambda d: -abs(d.log_odds))
     return float(phi[-1]), drivers[:top] if top else drivers

@@ -264,11 +264,15 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
 
     @staticmethod
     def _matrix_with(dev: ExpectedDeviation, X: pd.DataFrame, names: list[str]) -> np.ndarray:
+        """The model matrix by column position (one NumPy copy, no per-column pandas work:
+        this runs on every request)."""
+        cols = list(X.columns)
+        values = X.to_numpy(dtype=float)
+        pos = {c: j for j, c in enumerate(cols)}
         M = np.empty((len(X), len(names)))
-        M[:, :-1] = X[names[:-1]].to_numpy(dtype=float)
-        M[:, -1] = dev.deviation(X["intake_score"].to_numpy(float),
-                                 X["session"].to_numpy(float),
-                                 X["latest_score"].to_numpy(float))
+        M[:, :-1] = values[:, [pos[n] for n in names[:-1]]]
+        M[:, -1] = dev.deviation(values[:, pos["intake_score"]], values[:, pos["session"]],
+                                 values[:, pos["latest_score"]])
         return M
 
     def fit(self, X, y, groups=None) -> GBMRisk:
@@ -295,7 +299,7 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
         for train, test in GroupKFold(n_splits=self.n_splits).split(frame, y, groups):
             dev, clf = self._fit_one(frame.iloc[train], y[train], names)
             M = self._matrix_with(dev, frame.iloc[test], names)
-            oof[test] = clf.booster_.predict(M, raw_score=True)
+            oof[test] = clf.booster_.predict(M, raw_score=True, num_threads=self.n_jobs)
 
         platt = LogisticRegression(C=np.inf).fit(oof[:, None], y.astype(int))
         a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
@@ -331,7 +335,8 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
         """Calibrated log-odds ``a * raw + b``."""
         check_is_fitted(self, "booster_")
         a, b = self.calibration_
-        return a * self.booster_.predict(self.transform_features(X), raw_score=True) + b
+        return a * self.booster_.predict(self.transform_features(X), raw_score=True,
+                                         num_threads=self.n_jobs) + b
 
     def predict_proba(self, X) -> np.ndarray:
         p = expit(self.predict_logit(X))
@@ -350,7 +355,17 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "booster_")
         a, b = self.calibration_
-        phi = self.booster_.predict(self.transform_features(X), pred_contrib=True) * a
+        phi = self.booster_.predict(self.transform_features(X), pred_contrib=True,
+                                   num_threads=self.n_jobs) * a
+        phi[:, -1] += b
+        return phi
+
+    def contributions_from_matrix(self, M: np.ndarray) -> np.ndarray:
+        """`contributions` for a model matrix already built by `transform_features` (the
+        service builds it once per request and reuses it for values and explanations)."""
+        check_is_fitted(self, "booster_")
+        a, b = self.calibration_
+        phi = self.booster_.predict(M, pred_contrib=True, num_threads=self.n_jobs) * a
         phi[:, -1] += b
         return phi
 

@@ -56,21 +56,13 @@ def resolve_version(settings: ServingSettings):
 
 
 def pin_threads(bundle, num_threads: int) -> None:
-    """Every booster of the bundle predicts with ``num_threads`` threads.
-
-    `lightgbm.Booster.predict` takes its parameters per call and models/risk.py passes none,
-    so OpenMP would use every core; a booster loaded from a pickle also crashes on
-    `reset_parameter`. The serving copy's ``predict`` is therefore bound with
-    ``num_threads`` (an instance attribute: the class and the registry artefact are unchanged).
-    """
-    import functools
-
+    """Every booster of the bundle predicts with ``num_threads`` threads (the risk models pass
+    their ``n_jobs`` to every ``Booster.predict`` call; OpenMP would otherwise use every core
+    and a one-row prediction would pay for waking them)."""
     for m in bundle.models.values():
         for est in (m.failure, m.dropout):
-            booster = getattr(est, "booster_", None)
-            if booster is not None:
-                booster.predict = functools.partial(type(booster).predict, booster,
-                                                    num_threads=num_threads)
+            if est is not None and "n_jobs" in est.get_params():
+                est.set_params(n_jobs=num_threads)
 
 
 def _finish(bundle, version: str, name: str, num_threads: int):
