@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from typing_extensions import TypedDict
-
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
+from typing_extensions import TypedDict
 
 from features.change import classify, rc_units
 from features.instruments import REGISTRY, Role, get

@@ -10,12 +10,13 @@ labelled so).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
 from features.instruments import Instrument, get
 
 

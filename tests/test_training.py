@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from features.contract import load_cohort
+from tests.conftest import small_other_instrument_cohort
 from training.cli import app
 from training.dataset import build_rows, holdout_mask
 from training.pipeline import Settings, TooLittleDataError, cross_validate
-from tests.conftest import small_other_instrument_cohort
 
 runner = CliRunner()
 FAST = Settings(seed=0, n_folds=3, n_neighbors=30, gbm={"n_estimators": 60})
