@@ -44,6 +44,7 @@ from serving.schemas import (
     to_frames,
 )
 from serving.settings import BENTO_MODEL_TAG, ServingSettings
+from serving.webview import webapp
 
 log = logging.getLogger("serving.service")
 
@@ -157,6 +158,7 @@ api = FastAPI(title="OnTrack information routes", docs_url=None, redoc_url=None,
 @bentoml.service(name="ontrack", traffic={"timeout": 60}, workers=1,
                  http={"cors": {"enabled": False}})
 @bentoml.asgi_app(api, path="/v1")
+@bentoml.asgi_app(webapp, path="/ui")
 class OnTrack:
     """Not-on-track risk, expected course, explanations and suggestions for ROM data."""
 

@@ -1,0 +1,609 @@
+"""The web view: a small Starlette app mounted on the prediction service at ``/ui``
+(``@bentoml.asgi_app(webapp, path="/ui")`` in serving/service.py).
+
+It renders what the API returns; it computes nothing of its own. Every assessment comes from
+the service's loaded bundle (``bentoml.get_current_service().bundle.assess``), after the data
+contract's rules (`features.contract.validate_frames`, the rule set of ``ontrack validate``),
+and is written to the same audit log as ``POST /v1/assess``. The signal reason, risk,
+agreement, drivers and suggestions on the pages are the assessment's own fields.
+
+Routes (relative to ``/ui``; see docs/webview.md):
+
+* ``GET /login``, ``POST /login``, ``POST /logout``: the clinic's bearer key, asked once per
+  browser session and checked by `serving.auth.KeyStore.authorize` exactly as the API checks it
+  (scope ``assess``). The browser gets an opaque random session id in an HttpOnly, SameSite=Strict
+  session cookie; the key stays on the server (in memory) and is re-checked on every request,
+  so a revoked key ends the session.
+* ``GET /caseload``, ``POST /caseload/upload`` (multipart: ``sessions`` file, optional
+  ``clients`` file), ``POST /caseload/demo``: every client of the file, sorted by risk.
+* ``GET /client/{n}``: the n-th client of the session's caseload (an index, so that no client
+  id ever appears in a URL or an access log).
+* ``GET /model``: the model card as a page (open, like ``GET /v1/model``: no client data).
+* ``GET /static/...``: the stylesheet (no scripts, fonts or chart libraries from anywhere).
+
+Uploaded files are parsed in memory (never spooled to disk), assessed, and kept only in this
+process's memory under the browser session's id, at most one caseload per session and at most
+``ONTRACK_UI_MAX_SESSIONS`` sessions (oldest evicted); nothing is written to disk except the
+audit rows the API writes too (pseudonyms, no scores). The service runs one worker
+(``workers=1``), so the memory is shared by all requests.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import secrets
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from features.contract import validate_frames
+from features.instruments import REGISTRY, Role
+from serving import charts
+from serving.settings import REPO_ROOT
+
+log = logging.getLogger("serving.webview")
+
+HERE = Path(__file__).resolve().parent
+COOKIE = "ontrack_ui"
+_OUTCOME = frozenset(c for c, i in REGISTRY.items() if i.role is Role.OUTCOME)
+_ALLIANCE = frozenset(c for c, i in REGISTRY.items() if i.role is Role.ALLIANCE)
+
+#: Signal colour -> (words, shape): the colour is never the only cue.
+SIGNALS: dict[str, tuple[str, str]] = {
+    "red": ("Not on track", "■"),
+    "yellow": ("Less progress than expected", "▲"),
+    "green": ("On track", "●"),
+    "white": ("In the functional range", "○"),
+    "grey": ("Too few scores to compare", "◌"),
+}
+SAFETY: dict[str, tuple[str, str]] = {
+    "flag": ("Risk item above zero", "⚠"),
+    "not_assessed": ("Risk not assessed", "?"),
+    "clear": ("Risk items zero", "✓"),
+}
+
+
+class WebViewSettings(BaseSettings):
+    """The web view's settings (environment prefix ``ONTRACK_``), read at first use."""
+
+    model_config = SettingsConfigDict(env_prefix="ONTRACK_", extra="ignore")
+
+    demo_path: Path = Field(REPO_ROOT / "data" / "demo" / "sessions.csv",
+                            description="The demo cohort's sessions file (written by "
+                            "`ontrack demo`); a clients file next to it is used too.")
+    demo_clients: int = Field(200, ge=1, description="Clients of the demo file shown (the "
+                              "first ones in the file).")
+    ui_max_sessions: int = Field(100, ge=1, description="Browser sessions kept in memory "
+                                 "(each with at most one caseload); the oldest is evicted.")
+    ui_idle_minutes: int = Field(480, ge=1, description="A browser session ends after this "
+                                 "long without a request.")
+    ui_max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024,
+                                     description="Largest upload (all files together).")
+
+
+# ------------------------------------------------------------------------------------------
+# In-memory state: browser sessions and their caseload
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Caseload:
+    source: str
+    assessments: list[Any]  # models.assess.Assessment, sorted by risk
+    rows: list[dict[str, Any]]
+    sessions: pd.DataFrame  # the validated sessions of these clients (memory only)
+    n_flags: int = 0
+
+
+@dataclass
+class UiSession:
+    key: str  # re-checked on every request (revocation ends the session)
+    clinic: str
+    seen: float = field(default_factory=time.monotonic)
+    caseload: Caseload | None = None
+
+
+class _State:
+    def __init__(self, service: Any) -> None:
+        from serving.auth import KeyStore
+
+        self.service = service
+        self.settings = WebViewSettings()
+        self.keys = KeyStore(service.settings.keys_path)
+        self.sessions: OrderedDict[str, UiSession] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def new_session(self, key: str, clinic: str) -> str:
+        sid = secrets.token_urlsafe(32)
+        with self.lock:
+            self.sessions[sid] = UiSession(key=key, clinic=clinic)
+            while len(self.sessions) > self.settings.ui_max_sessions:
+                self.sessions.popitem(last=False)
+        return sid
+
+    def get(self, sid: str | None) -> UiSession | None:
+        if not sid:
+            return None
+        now = time.monotonic()
+        with self.lock:
+            s = self.sessions.get(sid)
+            if s is None:
+                return None
+            if now - s.seen > self.settings.ui_idle_minutes * 60:
+                del self.sessions[sid]
+                return None
+            s.seen = now
+            self.sessions.move_to_end(sid)
+        if self.service.settings.require_auth:
+            if not self.keys.authorize(f"Bearer {s.key}", "assess").ok:
+                self.drop(sid)
+                return None
+        return s
+
+    def drop(self, sid: str | None) -> None:
+        with self.lock:
+            self.sessions.pop(sid or "", None)
+
+
+_states: dict[int, _State] = {}
+_states_lock = threading.Lock()
+
+
+def _service() -> Any | None:
+    import bentoml
+
+    try:
+        return bentoml.get_current_service()
+    except bentoml.exceptions.BentoMLException:
+        return None
+
+
+def _state() -> _State | None:
+    svc = _service()
+    if svc is None:
+        return None
+    with _states_lock:
+        st = _states.get(id(svc))
+        if st is None or st.service is not svc:
+            st = _states[id(svc)] = _State(svc)
+    return st
+
+
+# ------------------------------------------------------------------------------------------
+# Rendering helpers
+# ------------------------------------------------------------------------------------------
+templates = Jinja2Templates(directory=str(HERE / "templates"))  # autoescapes .html
+
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def _path(request: Request, name: str, **params: Any) -> str:
+    return request.url_for(name, **params).path
+
+
+def _page(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+    st = _state()
+    context.setdefault("session", None)
+    resp = templates.TemplateResponse(request, template, {
+        "u": lambda name, **kw: _path(request, name, **kw), "SIGNALS": SIGNALS,
+        "SAFETY": SAFETY, "model_version": st.service.bundle.version if st else None,
+        **context}, status_code=status)
+    resp.headers.update(_HEADERS)
+    return resp
+
+
+def _to_login(request: Request) -> Response:
+    resp = RedirectResponse(_path(request, "login"), status_code=303)
+    resp.headers.update(_HEADERS)
+    return resp
+
+
+def _session(request: Request) -> tuple[_State | None, UiSession | None]:
+    st = _state()
+    if st is None:
+        return None, None
+    return st, st.get(request.cookies.get(COOKIE))
+
+
+def _unavailable(request: Request) -> Response:
+    return _page(request, "message.html", 503, title="Service starting",
+                 message="The service is not ready yet; try again in a moment.")
+
+
+# ------------------------------------------------------------------------------------------
+# Access
+# ------------------------------------------------------------------------------------------
+async def home(request: Request) -> Response:
+    _, s = _session(request)
+    return RedirectResponse(_path(request, "caseload" if s else "login"), status_code=303)
+
+
+async def login(request: Request) -> Response:
+    st, s = _session(request)
+    if st is None:
+        return _unavailable(request)
+    if request.method == "GET":
+        if s is not None:
+            return RedirectResponse(_path(request, "caseload"), status_code=303)
+        return _page(request, "login.html", error=None)
+    form = await request.form(max_files=0, max_fields=4, max_part_size=4096)
+    key = str(form.get("key") or "").strip()
+    if st.service.settings.require_auth:
+        result = st.keys.authorize(f"Bearer {key}" if key else None, "assess")
+        if not result.ok:
+            msg = ("Enter the clinic's key." if not key else
+                   "This key may not view assessments (scope assess needed)."
+                   if result.status == 403 else
+                   "That key is not valid: unknown, malformed or revoked.")
+            return _page(request, "login.html", status=result.status, error=msg)
+        clinic = result.clinic or "unknown"
+    else:
+        clinic = "unauthenticated"
+    sid = st.new_session(key, clinic)
+    resp = RedirectResponse(_path(request, "caseload"), status_code=303)
+    resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path=_path(request, "home"),
+                    secure=request.url.scheme == "https")
+    return resp
+
+
+async def logout(request: Request) -> Response:
+    st, _ = _session(request)
+    if st is not None:
+        st.drop(request.cookies.get(COOKIE))
+    resp = RedirectResponse(_path(request, "login"), status_code=303)
+    resp.delete_cookie(COOKIE, path=_path(request, "home"))
+    return resp
+
+
+# ------------------------------------------------------------------------------------------
+# Caseload
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Problem:
+    table: str
+    row: int | None
+    rule: str
+    message: str
+
+
+def _read(data: bytes, filename: str) -> pd.DataFrame:
+    """A table from uploaded bytes, typed as `features.contract.read_table` reads files."""
+    if filename.lower().endswith(".parquet"):
+        return pd.read_parquet(io.BytesIO(data))
+    return pd.read_csv(io.BytesIO(data), dtype={"client_id": "string", "clinic_id": "string",
+                                                "therapist_id": "string",
+                                                "instrument": "string"},
+                       keep_default_na=True)
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
+
+def _trend(a: Any) -> dict[str, str]:
+    inst = REGISTRY.get(a.instrument)
+    first, last = a.change.intake_score, a.change.latest_score
+    delta = last - first
+    better = (delta > 0) == bool(inst and inst.higher_is_better) if delta else None
+    arrow = "↑" if delta > 0 else "↓" if delta < 0 else "→"
+    words = ("no change" if better is None else
+             f"{'better' if better else 'worse'} by {_fmt(abs(delta))}")
+    category = (a.change.category or "").replace("_", " ")
+    return {"arrow": arrow, "words": words, "from_to": f"{_fmt(first)} → {_fmt(last)}",
+            "category": category, "better": "" if better is None else
+            ("better" if better else "worse")}
+
+
+def _row(i: int, a: Any, last_dates: dict[str, str]) -> dict[str, Any]:
+    r = a.risk
+    return {"n": i, "client_id": a.client_id, "instrument": a.instrument, "session": a.session,
+            "date": last_dates.get(a.client_id, ""), "colour": a.signal.colour,
+            "p_failure": None if r is None else r.p_failure,
+            "risk_pct": "–" if r is None else f"{100 * r.p_failure:.0f}%",
+            "at_risk": None if r is None else r.at_risk, "safety": a.safety.status,
+            "trend": _trend(a), "oop": a.population.out_of_population}
+
+
+def _assess_cohort(st: _State, clinic: str, sessions: pd.DataFrame,
+                   clients: pd.DataFrame | None, source: str
+                   ) -> tuple[Caseload | None, list[Problem], int]:
+    """Validate with the contract's rules, then assess with the service's bundle."""
+    cohort, report = validate_frames(sessions, clients)
+    problems = [Problem(v.table, v.row, v.rule, v.message) for v in report.violations]
+    if problems:
+        return None, problems, 0
+    s = cohort.sessions
+    ids = pd.unique(s["client_id"])
+    limit = st.service.settings.max_clients
+    if len(ids) > limit:
+        return None, [Problem("sessions", None, "too_many_clients",
+                              f"{len(ids)} clients in the file; at most {limit} are assessed "
+                              "at once (ONTRACK_MAX_CLIENTS): split the file")], 0
+    has_outcome = s.loc[s["instrument"].isin(_OUTCOME), "client_id"].unique()
+    missing = [c for c in ids if c not in set(has_outcome)]
+    if missing:
+        return None, [Problem("sessions", None, "no_outcome_score",
+                              f"client {c} has no score on an outcome instrument (e.g. PHQ-9, "
+                              "GAD-7, ORS, CORE-10): alliance ratings alone cannot be assessed")
+                      for c in missing], 0
+    cov = None
+    if len(cohort.clients):
+        extra = [c for c in cohort.clients.columns if c not in {"client_id", "end_status"}]
+        if extra:
+            cov = cohort.clients.set_index("client_id")[extra].astype("string")
+    svc = st.service
+    assessments = svc.bundle.assess(s, cov, horizon=svc.settings.horizon)
+    svc.audit.record(uuid.uuid4().hex, clinic, assessments)
+    assessments.sort(key=lambda a: -1.0 if a.risk is None else a.risk.p_failure, reverse=True)
+    last_dates: dict[str, str] = {}
+    if "date" in s.columns and s["date"].notna().any():
+        last = s.dropna(subset=["date"]).groupby("client_id")["date"].max()
+        last_dates = {str(k): v.date().isoformat() for k, v in last.items()}
+    rows = [_row(i, a, last_dates) for i, a in enumerate(assessments)]
+    return Caseload(source, assessments, rows, s, sum(a.safety.status == "flag"
+                                                      for a in assessments)), [], len(ids)
+
+
+async def caseload(request: Request) -> Response:
+    st, s = _session(request)
+    if s is None:
+        return _to_login(request) if st else _unavailable(request)
+    return _page(request, "caseload.html", session=s, caseload=s.caseload, problems=[],
+                 demo=st.settings.demo_path)
+
+
+class _InMemoryParser(MultiPartParser):
+    """Starlette's multipart parser with file parts kept in memory (its default spools any
+    part over 1 MB to a temporary file on disk: an upload must never touch the disk)."""
+
+    spool_max_size = 2**62
+
+
+async def upload(request: Request) -> Response:
+    st, s = _session(request)
+    if s is None:
+        return _to_login(request) if st else _unavailable(request)
+    cap = st.settings.ui_max_upload_bytes
+    declared = request.headers.get("content-length", "")
+    problems: list[Problem] = []
+    if declared.isdigit() and int(declared) > cap:
+        problems = [Problem("upload", None, "upload_too_large",
+                            f"the upload is larger than {cap:,} bytes")]
+    else:
+        received = 0
+
+        async def stream():
+            nonlocal received
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > cap:
+                    raise MultiPartException(f"the upload is larger than {cap:,} bytes")
+                yield chunk
+
+        try:
+            form = await _InMemoryParser(request.headers, stream(), max_files=2,
+                                         max_fields=4).parse()
+        except MultiPartException as err:
+            problems = [Problem("upload", None, "upload_invalid", str(err.message))]
+            form = None
+    if not problems:
+        files = {k: v for k, v in form.multi_items() if isinstance(v, UploadFile) and v.filename}
+        if "sessions" not in files:
+            problems = [Problem("upload", None, "file_missing",
+                                "choose a sessions file (CSV in the data contract's format)")]
+        else:
+            try:
+                tables = {k: _read(await f.read(), f.filename or "") for k, f in files.items()}
+            except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
+                tables = None
+                problems = [Problem("upload", None, "unreadable",
+                                    f"the file could not be read as CSV ({type(err).__name__})")]
+            finally:
+                for f in files.values():
+                    await f.close()
+            if tables is not None:
+                name = files["sessions"].filename or "upload"
+                cl, problems, _ = _assess_cohort(st, s.clinic, tables["sessions"],
+                                                 tables.get("clients"), f"upload: {name}")
+                if cl is not None:
+                    s.caseload = cl
+    if problems:
+        return _page(request, "caseload.html", status=422, session=s, caseload=s.caseload,
+                     problems=problems[:100], n_problems=len(problems),
+                     demo=st.settings.demo_path)
+    return RedirectResponse(_path(request, "caseload"), status_code=303)
+
+
+async def demo(request: Request) -> Response:
+    st, s = _session(request)
+    if s is None:
+        return _to_login(request) if st else _unavailable(request)
+    from features.contract import read_table
+
+    path = st.settings.demo_path
+    if not path.exists():
+        problems = [Problem("demo", None, "demo_missing", f"no demo cohort at {path}: run "
+                            "`uv run ontrack demo` first (or set ONTRACK_DEMO_PATH)")]
+        return _page(request, "caseload.html", status=404, session=s, caseload=s.caseload,
+                     problems=problems, n_problems=1, demo=path)
+    sessions = read_table(path)
+    keep = pd.unique(sessions["client_id"].dropna())[: st.settings.demo_clients]
+    sessions = sessions[sessions["client_id"].isin(keep)]
+    clients = None
+    for ext in (".csv", ".parquet"):
+        cpath = path.with_name(f"clients{ext}")
+        if cpath.exists():
+            clients = read_table(cpath)
+            clients = clients[clients["client_id"].isin(keep)]
+            break
+    cl, problems, _ = _assess_cohort(st, s.clinic, sessions, clients,
+                                     f"demo cohort (first {len(keep)} clients)")
+    if cl is None:
+        return _page(request, "caseload.html", status=422, session=s, caseload=s.caseload,
+                     problems=problems[:100], n_problems=len(problems), demo=path)
+    s.caseload = cl
+    return RedirectResponse(_path(request, "caseload"), status_code=303)
+
+
+# ------------------------------------------------------------------------------------------
+# Client page
+# ------------------------------------------------------------------------------------------
+def _past_course(st: _State, history: pd.DataFrame, instrument: str
+                 ) -> list[charts.CoursePoint]:
+    """The expected course at each past session as the service computed it from the sessions
+    before it: the same `bundle.assess` on the client's earlier histories (one call)."""
+    svc = st.service
+    horizon = svc.settings.horizon
+    times = sorted(history.loc[history["instrument"] == instrument, "session"].unique())
+    parts, nxt = [], {}
+    for k, (t, t_next) in enumerate(zip(times, times[1:], strict=False)):
+        if t_next - t > horizon:
+            continue
+        pid = f"p{k}"
+        parts.append(history[history["session"] <= t].assign(client_id=pid))
+        nxt[pid] = int(t_next)
+    if not parts:
+        return []
+    frame = pd.concat(parts, ignore_index=True)
+    frame["client_id"] = frame["client_id"].astype("string")
+    out = []
+    for a in svc.bundle.assess(frame, None, horizon=horizon):
+        if a.instrument != instrument:
+            continue
+        for c in a.course:
+            if c.session == nxt[a.client_id]:
+                out.append(charts.CoursePoint(c.session, c.expected, c.lower, c.upper,
+                                              c.failure_boundary))
+    return out
+
+
+def _charts(st: _State, a: Any, history: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    order = [a.instrument] + sorted(set(history["instrument"]) - {a.instrument},
+                                    key=lambda c: (c in _ALLIANCE, c))
+    for code in order:
+        inst = REGISTRY.get(code)
+        h = history[history["instrument"] == code].sort_values("session")
+        observed = [(int(x), float(y)) for x, y in zip(h["session"], h["score"], strict=True)]
+        if inst is None or not observed:
+            continue
+        uid = f"chart-{code.lower().replace('-', '')}"
+        if code in _ALLIANCE:
+            svg = charts.alliance_svg(uid, code, observed, y_min=inst.score_min,
+                                      y_max=inst.score_max, cutoff=inst.cutoff)
+            note = (f"Cut-off {_fmt(inst.cutoff)}: a rating below it signals a possible "
+                    "alliance problem worth raising with the client." if inst.cutoff
+                    is not None else "No published cut-off for this instrument.")
+            out.append({"code": code, "name": inst.name, "kind": "alliance", "svg": svg,
+                        "note": note, "observed": observed, "course": []})
+            continue
+        course: list[charts.CoursePoint] = []
+        note = ""
+        if code == a.instrument and a.course:
+            course = _past_course(st, history, code) + [
+                charts.CoursePoint(c.session, c.expected, c.lower, c.upper, c.failure_boundary)
+                for c in a.course]
+            note = ("Past sessions: the band and boundary expected from the sessions before "
+                    f"each one; sessions {a.course[0].session}–{a.course[-1].session}: the "
+                    "expected course from today's assessment.")
+        elif code == a.instrument:
+            note = "No expected course is available for this client."
+        else:
+            note = (f"The assessment is based on {a.instrument}; {code} is shown as observed "
+                    "scores only.")
+        svg = charts.trajectory_svg(uid, code, observed, course, y_min=inst.score_min,
+                                    y_max=inst.score_max, cutoff=inst.cutoff,
+                                    higher_is_better=inst.higher_is_better)
+        out.append({"code": code, "name": inst.name, "kind": "outcome", "svg": svg,
+                    "note": note, "observed": observed, "course": course})
+    return out
+
+
+async def client_page(request: Request) -> Response:
+    st, s = _session(request)
+    if s is None:
+        return _to_login(request) if st else _unavailable(request)
+    n = request.path_params["n"]
+    cl = s.caseload
+    if cl is None or not 0 <= n < len(cl.assessments):
+        return _page(request, "message.html", 404, session=s, title="No such client",
+                     message="This client is not in the caseload loaded in this browser "
+                     "session. Load a caseload first.")
+    a = cl.assessments[n]
+    history = cl.sessions[cl.sessions["client_id"] == a.client_id]
+    drivers = a.explanation.drivers if a.explanation else []
+    bars = [charts.Bar(d.concept, d.percentage_points) for d in drivers]
+    return _page(request, "client.html", session=s, a=a, row=cl.rows[n], n=n,
+                 total=len(cl.assessments), charts=_charts(st, a, history),
+                 drivers_svg=charts.drivers_svg("chart-drivers", bars) if bars else None,
+                 drivers=sorted(drivers, key=lambda d: -abs(d.percentage_points)),
+                 fmt=_fmt)
+
+
+# ------------------------------------------------------------------------------------------
+# Model card (open: no client data)
+# ------------------------------------------------------------------------------------------
+_LABELS = {
+    "failure_model": "risk model (not improving)", "dropout_model": "dropout model",
+    "failure_rate": "share not improving", "dropout_rate": "share dropping out",
+    "n_clients": "clients", "n_rows": "rows", "intake_range": "intake range",
+    "covariate_levels": "covariate levels", "auroc": "AUROC", "brier": "Brier score",
+    "cal_slope": "calibration slope", "lo": "lower 95%", "hi": "upper 95%",
+}
+
+
+def label(key: Any) -> str:
+    """A card key in words ("not improving", never "failure")."""
+    k = str(key)
+    if k in _LABELS:
+        return _LABELS[k]
+    return k.replace("p_failure", "risk").replace("failure", "not improving").replace("_", " ")
+
+
+templates.env.filters["label"] = label
+
+
+async def model_page(request: Request) -> Response:
+    st, s = _session(request)
+    if st is None:
+        return _unavailable(request)
+    card = st.service.card.model_dump()
+    return _page(request, "model.html", session=s, card=card)
+
+
+# ------------------------------------------------------------------------------------------
+webapp = Starlette(routes=[
+    Route("/", home, name="home"),
+    Route("/login", login, methods=["GET", "POST"], name="login"),
+    Route("/logout", logout, methods=["POST"], name="logout"),
+    Route("/caseload", caseload, name="caseload"),
+    Route("/caseload/upload", upload, methods=["POST"], name="upload"),
+    Route("/caseload/demo", demo, methods=["POST"], name="demo"),
+    Route("/client/{n:int}", client_page, name="client"),
+    Route("/model", model_page, name="model"),
+    Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+])
