@@ -97,6 +97,58 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> boo
     return False
 
 
+def serve_command(host: str | None = None, port: int | None = None,
+                  dev_key: bool = True) -> None:
+    """Start the prediction service (the registry model named by settings) and block."""
+    settings = _settings()
+    host = host or settings.host
+    port = port or settings.port
+    _use_env(settings)
+    ensure_in_store(settings)
+    from serving.auth import KeyStore
+    from serving.schemas import EXAMPLE_INPUT
+
+    key = None
+    if dev_key and settings.environment == "development":
+        store = KeyStore(settings.keys_path)
+        store.revoke(DEV_CLINIC)
+        key = store.add(DEV_CLINIC)
+        store.close()
+    example = settings.keys_path.parent / "example_request.json"
+    example.parent.mkdir(parents=True, exist_ok=True)
+    example.write_text(json.dumps(EXAMPLE_INPUT, indent=1))
+    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host,
+           "--port", str(port), "--working-dir", str(REPO_ROOT)]
+    proc = subprocess.Popen(cmd, env=service_env(settings), cwd=REPO_ROOT)
+
+    def _stop(signum, _frame) -> None:  # SIGTERM to `ontrack serve` stops the server too
+        proc.terminate()
+        raise typer.Exit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
+    shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
+    url = f"http://{shown}:{port}"
+    try:
+        if not _wait_ready(url, proc):
+            typer.echo("error: the service did not become ready (see the log above)",
+                       err=True)
+            proc.terminate()
+            raise typer.Exit(1)
+        typer.echo(f"\nOnTrack is running at {url}  (API docs: {url}/ , model card: "
+                   f"{url}/v1/model)")
+        typer.echo(f"Therapist web view: {url}/ui/")
+        if key:
+            typer.echo(f"Development key (clinic '{DEV_CLINIC}', shown once): {key}")
+            typer.echo(f"Example call:\n  {example_call(url, key, example)}")
+        else:
+            typer.echo("Create a key with `ontrack keys add CLINIC`; example call:\n  "
+                       + example_call(url, "<key>", example))
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def register(app: typer.Typer) -> None:
     keys_app = typer.Typer(help="API keys per clinic (only hashes are stored).",
                            no_args_is_help=True)
@@ -113,52 +165,7 @@ def register(app: typer.Typer) -> None:
                                               "development clinic's key and print it.")] = True,
     ) -> None:
         """Start the prediction service (the registry model named by settings)."""
-        settings = _settings()
-        host = host or settings.host
-        port = port or settings.port
-        _use_env(settings)
-        ensure_in_store(settings)
-        from serving.auth import KeyStore
-        from serving.schemas import EXAMPLE_INPUT
-
-        key = None
-        if dev_key and settings.environment == "development":
-            store = KeyStore(settings.keys_path)
-            store.revoke(DEV_CLINIC)
-            key = store.add(DEV_CLINIC)
-            store.close()
-        example = settings.keys_path.parent / "example_request.json"
-        example.parent.mkdir(parents=True, exist_ok=True)
-        example.write_text(json.dumps(EXAMPLE_INPUT, indent=1))
-        cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host,
-               "--port", str(port), "--working-dir", str(REPO_ROOT)]
-        proc = subprocess.Popen(cmd, env=service_env(settings), cwd=REPO_ROOT)
-
-        def _stop(signum, _frame) -> None:  # SIGTERM to `ontrack serve` stops the server too
-            proc.terminate()
-            raise typer.Exit(0)
-
-        signal.signal(signal.SIGTERM, _stop)
-        shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
-        url = f"http://{shown}:{port}"
-        try:
-            if not _wait_ready(url, proc):
-                typer.echo("error: the service did not become ready (see the log above)",
-                           err=True)
-                proc.terminate()
-                raise typer.Exit(1)
-            typer.echo(f"\nOnTrack is running at {url}  (API docs: {url}/ , model card: "
-                       f"{url}/v1/model)")
-            if key:
-                typer.echo(f"Development key (clinic '{DEV_CLINIC}', shown once): {key}")
-                typer.echo(f"Example call:\n  {example_call(url, key, example)}")
-            else:
-                typer.echo("Create a key with `ontrack keys add CLINIC`; example call:\n  "
-                           + example_call(url, "<key>", example))
-            proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait(timeout=30)
+        serve_command(host=host, port=port, dev_key=dev_key)
 
     @app.command()
     def build(

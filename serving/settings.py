@@ -73,9 +73,11 @@ class ServingSettings(BaseSettings):
         return self
 
     def resolved_tracking_uri(self) -> str:
-        """ONTRACK_TRACKING_URI, else MLFLOW_TRACKING_URI, else SQLite under <repo>/mlflow/."""
+        """ONTRACK_TRACKING_URI, else MLFLOW_TRACKING_URI, else SQLite under ONTRACK_MLFLOW_DIR
+        (default <repo>/mlflow/), the same rule as training/tracking.py."""
         if self.tracking_uri:
             return self.tracking_uri
         if os.environ.get("MLFLOW_TRACKING_URI"):
             return os.environ["MLFLOW_TRACKING_URI"]
-        return f"sqlite:///{(REPO_ROOT / 'mlflow' / 'mlflow.db').resolve()}"
+        store = Path(os.environ.get("ONTRACK_MLFLOW_DIR", REPO_ROOT / "mlflow"))
+        return f"sqlite:///{(store / 'mlflow.db').resolve()}"

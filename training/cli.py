@@ -252,15 +252,40 @@ def demo(
     clients: Annotated[int, typer.Option(help="Clients to simulate.", min=100)] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     out: Annotated[Path, typer.Option(help="Where the demo cohort goes.")] = Path("data/demo"),
+    serve: Annotated[bool, typer.Option(help="Start the service at the end.")] = True,
+    port: Annotated[int | None, typer.Option(help="Port for the service.")] = None,
 ) -> None:
-    """The main job: simulate a cohort, validate it and print its outcome table."""
+    """The main job: simulate a cohort, validate it, train and compare the models, register the
+    bundle (champion through the gate), and serve it with the web view."""
     from training.outcomes import outcome_tables
+    from training.pipeline import Settings
+    from training.registry import champion_version
+    from training.train import train as run_training
 
-    simulate(clients=clients, seed=seed, out=out, format="csv", oracle_clients=min(clients, 2000))
+    if (out / "sessions.csv").exists() and (out / "truth.csv").exists():
+        console.print(f"using the simulated cohort already in {out} (delete it to re-simulate)")
+    else:
+        simulate(clients=clients, seed=seed, out=out, format="csv",
+                 oracle_clients=min(clients, 2000))
     cohort, report = load_or_exit(out)
     print_report(report)
     for table in outcome_tables(cohort):
         console.print(table)
+    with _progress() as bar:
+        task = bar.add_task("training", total=None)
+        result = run_training(cohort, out, Settings(seed=seed), instruments=["PHQ-9"],
+                              n_boot=100, progress=lambda m: bar.update(task, description=m))
+        bar.update(task, description="done")
+    print_training_report(result)
+    if not serve:
+        return
+    if champion_version() is None:
+        os.environ["ONTRACK_MODEL_ALIAS"] = "candidate"
+        console.print("[yellow]no champion yet (the gate did not promote this model): serving "
+                      "the candidate, for demonstration only[/yellow]")
+    from serving.cli import serve_command
+
+    serve_command(port=port)
 
 
 def _register_serving() -> None:
