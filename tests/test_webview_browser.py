@@ -1,0 +1,216 @@
+"""The web view in a real browser: Playwright driving Debian's Chromium (/usr/bin/chromium,
+never `playwright install`) against a `bentoml serve` subprocess on a free port on 127.0.0.1.
+
+The caseload loads the demo cohort; a click opens a client; the charts render (non-empty SVG);
+the signal text equals the API's for that client; a client with a safety flag shows the
+banner; the pages fit a tablet's width; and no request leaves localhost (every request is
+routed through a handler that aborts and records any other host).
+
+Without /usr/bin/chromium the tests skip locally and FAIL under CI (the CI variable set):
+.ci/run installs it (apt-get update && apt-get install -y chromium).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from tests.service_fixtures import REPO, fit_bundle, make_cohort, register, service_env
+from tests.webview_fixtures import api_body, write_demo
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--disable-default-apps", "--no-default-browser-check"]
+LOCAL = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def _require_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    msg = (f"{CHROMIUM} is missing: install it with `apt-get update && apt-get install -y "
+           "chromium` (never `playwright install`)")
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _require_chromium()
+    root = tmp_path_factory.mktemp("browser")
+    uri = register(fit_bundle(make_cohort(root / "cohort", n=1200, seed=3)), root / "mlflow")
+    demo = write_demo(root / "demo", n=80, seed=5)
+    env = {**os.environ, **service_env(root, uri), "OMP_NUM_THREADS": "1",
+           "ONTRACK_DEMO_PATH": str(demo), "ONTRACK_DEMO_CLIENTS": "40",
+           "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    from serving.auth import KeyStore
+
+    store = KeyStore(root / "keys.sqlite")
+    key = store.add("clinic-browser")
+    store.close()
+    subprocess.run([sys.executable, "-c", "from serving.settings import ServingSettings;"
+                    "from serving.loader import import_to_bentoml;"
+                    "import_to_bentoml(ServingSettings())"], env=env, check=True,
+                   capture_output=True, cwd=REPO, timeout=300)
+    port = _free_port()
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
+                             "serving.service:OnTrack", "--host", "127.0.0.1", "--port",
+                             str(port), "--working-dir", str(REPO)],
+                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("service not ready: " + (root / "server.log").read_text()[-3000:])
+    yield {"url": url, "key": key, "demo": demo, "root": root}
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server, tmp_path_factory):
+    """One Chromium (fresh user-data dir) whose every request goes through a local-only
+    route: any host other than localhost is aborted and recorded."""
+    from playwright.sync_api import sync_playwright
+
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    seen: list[str] = []
+    blocked: list[str] = []
+
+    def guard(route, request) -> None:
+        seen.append(request.url)
+        host = urlparse(request.url).hostname or ""
+        if request.url.startswith(("data:", "blob:", "about:")) or host in LOCAL:
+            route.continue_()
+        else:
+            blocked.append(request.url)
+            route.abort()
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
+            viewport={"width": 1280, "height": 900}, service_workers="block")
+        context.route("**/*", guard)
+        context.on("request", lambda r: seen.append(r.url))
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        yield {"page": page, "seen": seen, "blocked": blocked, "context": context}
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _signed_in_with_demo(server, page) -> None:
+    page.goto(f"{server['url']}/ui/")
+    if "/ui/login" in page.url:
+        page.get_by_label("Clinic key").fill(server["key"])
+        page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/ui/caseload")
+    if page.locator("#caseload-table").count() == 0:
+        page.get_by_role("button", name="Load the demo cohort").click()
+        page.wait_for_selector("#caseload-table")
+
+
+def test_login_then_demo_caseload(server, browser):
+    page = browser["page"]
+    page.goto(f"{server['url']}/ui/caseload")
+    assert "/ui/login" in page.url, "no caseload before the key"
+    assert page.locator("#caseload-table").count() == 0
+    _signed_in_with_demo(server, page)
+    rows = page.locator("#caseload-table tbody tr")
+    assert rows.count() == 40
+    risks = [float(x) for x in rows.evaluate_all("rs => rs.map(r => r.dataset.p)") if x]
+    assert risks == sorted(risks, reverse=True)
+
+
+def test_click_opens_client_with_charts_and_the_apis_signal(server, browser):
+    from features.contract import read_table
+
+    page = browser["page"]
+    _signed_in_with_demo(server, page)
+    link = page.locator("#caseload-table a.client-link").nth(2)
+    client_id = link.inner_text().strip()
+    link.click()
+    page.wait_for_url("**/ui/client/2")
+    assert page.get_by_role("heading", level=1).inner_text() == f"Client {client_id}"
+    charts = page.locator("svg.chart")
+    assert charts.count() >= 3
+    for i in range(charts.count()):
+        box = charts.nth(i).bounding_box()
+        assert box and box["width"] > 200 and box["height"] > 100
+        assert charts.nth(i).locator("polyline, rect, polygon").count() > 0
+    assert page.locator("#fig-phq-9 polyline").count() >= 1
+    shown = page.locator("#signal-reason").inner_text().strip()
+    body = api_body(read_table(server["demo"]), client_id)
+    r = httpx.post(f"{server['url']}/v1/assess", json=body, timeout=60,
+                   headers={"Authorization": f"Bearer {server['key']}"})
+    assert r.status_code == 200, r.text
+    assert shown == r.json()["assessments"][0]["signal"]["reason"]
+
+
+def test_safety_flag_client_shows_the_banner(server, browser):
+    page = browser["page"]
+    _signed_in_with_demo(server, page)
+    flagged = page.locator('#caseload-table tr[data-safety="flag"] a.client-link')
+    assert flagged.count() > 0, "the demo cohort has a client with a risk item above zero"
+    flagged.first.click()
+    page.wait_for_url("**/ui/client/*")
+    banner = page.get_by_role("alert").filter(has_text="SAFETY")
+    assert banner.is_visible()
+    box = banner.bounding_box()
+    assert box["y"] < 250, "the banner is at the top of the page"
+
+
+def test_pages_fit_a_tablet(server, browser):
+    page = browser["page"]
+    _signed_in_with_demo(server, page)
+    page.set_viewport_size({"width": 768, "height": 1024})
+    try:
+        for path in ("/ui/caseload", "/ui/client/0", "/ui/model"):
+            page.goto(f"{server['url']}{path}")
+            over = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert over <= 1, (path, over)
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_no_request_leaves_localhost(server, browser):
+    """Runs last in this module: every request the pages made is checked."""
+    page = browser["page"]
+    _signed_in_with_demo(server, page)
+    page.goto(f"{server['url']}/ui/model")
+    assert browser["seen"], "requests were recorded"
+    assert browser["blocked"] == []
+    assert all((urlparse(u).hostname or "") in LOCAL or u.startswith("data:")
+               for u in browser["seen"])
