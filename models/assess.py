@@ -300,7 +300,7 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
         cm, cl, cu, cb = m.expected.expected(np.repeat(intake[:, None], horizon, axis=1),
                                              ahead)
         if m.navigator is not None:  # the neighbours' course replaces it where it exists
-            nav = m.navigator.expected_course(X)  # (n, max_session) arrays
+            nav = _intake_course(m.navigator, sessions, instrument, ids)
             S = m.navigator.max_session
             r = np.arange(n)
             s_idx = np.clip(session.astype(int), 1, S) - 1
@@ -376,6 +376,23 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
                 adaptation=g.adaptation, prompt=g.prompt, rationale=g.rationale,
                 source=g.source) for g in sugg],
             population=pop[k], notes=notes[k])
+    return out
+
+
+def _intake_course(navigator, sessions: pd.DataFrame, instrument: str, ids: np.ndarray
+                   ) -> dict[str, np.ndarray]:
+    """The neighbours' expected course for each client, matched on what was known at intake
+    (Lutz et al. 2005: similar clients at the START of treatment), so that a client who has
+    not improved is compared with clients who started like them, not with clients who also
+    did not improve. NaN rows for clients without an intake score."""
+    at1 = point_in_time(sessions, instrument=instrument, at=(1,))
+    course = navigator.expected_course(at1.X)
+    pos = pd.Index(at1.keys["client_id"]).get_indexer(pd.Index(ids))
+    out = {}
+    for key, val in course.items():
+        full = np.full((len(ids), val.shape[1]), np.nan)
+        full[pos >= 0] = val[pos[pos >= 0]]
+        out[key] = full
     return out
 
 
