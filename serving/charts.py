@@ -27,7 +27,7 @@ RAISES = "#b45309"
 LOWERS = "#0f766e"
 GRID = "#e5e7eb"
 
-W, H = 640, 330
+W, H = 640, 356
 LEFT, RIGHT, TOP, BOTTOM = 52, 20, 16, 250  # plot area: x LEFT..W-RIGHT, y TOP..BOTTOM
 
 
@@ -36,7 +36,7 @@ def _f(x: float) -> str:
     return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
     span = max(hi - lo, 1e-9)
     raw = span / n
     mag = 10 ** math.floor(math.log10(raw))
@@ -177,8 +177,8 @@ def trajectory_svg(uid: str, instrument: str, observed: Sequence[tuple[int, floa
                         f'</title></circle>')
         s, v = observed[-1]
         label = latest_label or f"latest {_f(v)}"
-        body.append(f'<text x="{fr.x(s) + (-8 if s == fr.x_hi else 8):.1f}" '
-                    f'y="{fr.y(v) - 10:.1f}" text-anchor="{"end" if s == fr.x_hi else "start"}" '
+        body.append(f'<text x="{fr.x(s) + (-10 if s == fr.x_hi else 10):.1f}" '
+                    f'y="{max(fr.y(v) - 10, TOP + 12):.1f}" text-anchor="{"end" if s == fr.x_hi else "start"}" '
                     f'font-size="12" font-weight="bold" fill="{INK}">{escape(label)}</text>')
     legend = [(f'<line x1="0" x2="24" y1="0" y2="0" stroke="{INK}" stroke-width="2.5"/>'
                f'<circle cx="12" cy="0" r="4" fill="{INK}"/>', "observed score")]
@@ -224,8 +224,8 @@ def alliance_svg(uid: str, instrument: str, observed: Sequence[tuple[int, float]
         body.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
                     f'stroke="{BOUNDARY}" stroke-width="2" stroke-dasharray="1 4" '
                     'stroke-linecap="round"/>')
-        body.append(f'<text x="{W - RIGHT - 4}" y="{y + 16:.1f}" text-anchor="end" '
-                    f'font-size="11" fill="{BOUNDARY}">below {_f(cutoff)}: possible alliance '
+        body.append(f'<text x="{W - RIGHT - 4}" y="{max(y - 6, TOP + 10):.1f}" '
+                    f'text-anchor="end" font-size="11" fill="{BOUNDARY}">below {_f(cutoff)}: possible alliance '
                     'problem</text>')
     if observed:
         body.append(_polyline([(fr.x(s), fr.y(v)) for s, v in observed], stroke=INK,

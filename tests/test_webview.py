@@ -73,6 +73,7 @@ def app(env, keys):
     _clear_bentoml_collectors()
     with TestClient(OnTrack.to_asgi(), raise_server_exceptions=False) as c:
         yield c
+    _clear_bentoml_collectors()  # the next module may build its own app
 
 
 def _browser(app, key=None):
@@ -382,3 +383,16 @@ def test_drivers_chart_is_signed_and_largest_first():
     desc = ET.fromstring(svg).find("{http://www.w3.org/2000/svg}desc").text
     assert desc.index("change lowers") < desc.index("severity raises") < desc.index(
         "alliance lowers")
+
+
+def test_browser_tests_fail_not_skip_under_ci(monkeypatch, tmp_path):
+    """CI sets CI=...: a missing Chromium is a failure there, a skip only on a laptop."""
+    from tests import test_webview_browser as bt
+
+    monkeypatch.setattr(bt, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
+        bt._require_chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        bt._require_chromium()

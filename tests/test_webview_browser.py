@@ -14,25 +14,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 import pytest
 
-from tests.service_fixtures import REPO, fit_bundle, make_cohort, register, service_env
-from tests.webview_fixtures import api_body, write_demo
+from tests.webview_fixtures import CHROMIUM, CHROMIUM_FLAGS, api_body, served
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--disable-default-apps", "--no-default-browser-check"]
 LOCAL = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
@@ -46,57 +36,11 @@ def _require_chromium() -> None:
     pytest.skip(msg)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     _require_chromium()
-    root = tmp_path_factory.mktemp("browser")
-    uri = register(fit_bundle(make_cohort(root / "cohort", n=1200, seed=3)), root / "mlflow")
-    demo = write_demo(root / "demo", n=80, seed=5)
-    env = {**os.environ, **service_env(root, uri), "OMP_NUM_THREADS": "1",
-           "ONTRACK_DEMO_PATH": str(demo), "ONTRACK_DEMO_CLIENTS": "40",
-           "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    from serving.auth import KeyStore
-
-    store = KeyStore(root / "keys.sqlite")
-    key = store.add("clinic-browser")
-    store.close()
-    subprocess.run([sys.executable, "-c", "from serving.settings import ServingSettings;"
-                    "from serving.loader import import_to_bentoml;"
-                    "import_to_bentoml(ServingSettings())"], env=env, check=True,
-                   capture_output=True, cwd=REPO, timeout=300)
-    port = _free_port()
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
-                             "serving.service:OnTrack", "--host", "127.0.0.1", "--port",
-                             str(port), "--working-dir", str(REPO)],
-                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("service not ready: " + (root / "server.log").read_text()[-3000:])
-    yield {"url": url, "key": key, "demo": demo, "root": root}
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with served(tmp_path_factory.mktemp("browser"), demo_clients=40, demo_n=80) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +64,7 @@ def browser(server, tmp_path_factory):
 
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(profile), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
             viewport={"width": 1280, "height": 900}, service_workers="block")
         context.route("**/*", guard)
         context.on("request", lambda r: seen.append(r.url))
