@@ -208,7 +208,7 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
     def __init__(self, target: str = "failed", instrument: str = "PHQ-9",
                  features: Sequence[str] | None = None,
                  monotone: Mapping[str, int] | None = None,
-                 n_estimators: int = 150, num_leaves: int = 15, max_depth: int = 5,
+                 n_estimators: int = 100, num_leaves: int = 7, max_depth: int = 3,
                  learning_rate: float = 0.05, min_child_samples: int = 20,
                  subsample: float = 0.8, colsample_bytree: float = 0.8,
                  reg_lambda: float = 1.0, n_splits: int = 5,

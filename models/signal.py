@@ -80,12 +80,12 @@ def signal(latest_score, n_scores, expected_median, failure_boundary, session,
                           f"cut-off of {_fmt(inst.cutoff)}): consider discussing ending or "
                           "spacing sessions.")
         elif c == Colour.RED:
-            reasons[i] = (f"{code} {_fmt(x)} is {above} the failure boundary of {_fmt(b)} "
+            reasons[i] = (f"{code} {_fmt(x)} is {above} the not-on-track boundary of {_fmt(b)} "
                           f"expected by session {s}: not on track; review alliance, "
                           "motivation, social support and life events.")
         elif c == Colour.YELLOW:
             reasons[i] = (f"{code} {_fmt(x)} is {above} the expected {_fmt(m)} for session {s}, "
-                          f"within the failure boundary of {_fmt(b)}: less progress than "
+                          f"within the not-on-track boundary of {_fmt(b)}: less progress than "
                           "expected.")
         else:
             reasons[i] = (f"{code} {_fmt(x)} is at or {below} the expected {_fmt(m)} for "

@@ -297,7 +297,7 @@ def test_signal_produces_each_colour_with_a_reason():
                  expected_median=9.5,
                  failure_boundary=12.5, session=4, instrument="PHQ-9")
     assert out["colour"].tolist() == ["grey", "white", "red", "yellow", "white"]
-    assert out["reason"][2] == ("PHQ-9 14 is above the failure boundary of 12.5 expected by "
+    assert out["reason"][2] == ("PHQ-9 14 is above the not-on-track boundary of 12.5 expected by "
                                 "session 4: not on track; review alliance, motivation, social "
                                 "support and life events.")
     high = signal([13, 17, 11], 3, expected_median=14, failure_boundary=16, session=4,
@@ -311,7 +311,7 @@ def test_signal_respects_ors_direction():
     out = signal([30, 15, 19, 22, 10], [3, 3, 3, 3, 1], expected_median=20,
                  failure_boundary=16, session=4, instrument="ORS")
     assert out["colour"].tolist() == ["white", "red", "yellow", "green", "grey"]
-    assert "below the failure boundary of 16" in out["reason"][1]
+    assert "below the not-on-track boundary of 16" in out["reason"][1]
     # the same numbers read as PHQ-9 scores mean the opposite
     phq = signal([15, 19, 22], 3, expected_median=20, failure_boundary=21, session=4,
                  instrument="PHQ-9")
