@@ -26,7 +26,7 @@ def sim_cohort_dir(tmp_path_factory) -> Path:
     from training.simulate import simulate_cohort
 
     out = tmp_path_factory.mktemp("sim2000")
-    simulate_cohort(2000, seed=11, oracle_clients=0).write(out, "csv")
+    simulate_cohort(2000, seed=11, oracle_clients=300).write(out, "csv")
     return out
 
 
