@@ -185,8 +185,9 @@ def safety_by_client(sessions: pd.DataFrame) -> dict[str, Safety]:
             names = ", ".join(f"{i['instrument']} item {i['item']} = {i['value']:g}"
                               for i in lst)
             out[str(cid)] = Safety.model_construct(status="flag", items=lst, message=(
-                f"Risk item answered above zero ({names}) at session {lst[0]['session']}. "
-                "Review risk with the client today, whatever the model says."))
+                f"Risk item answered above zero ({names}) at session {lst[0]['session']}: "
+                "consider reviewing risk with the client today, following your service's "
+                "procedure. This flag is raised whatever any model says."))
         else:
             out[str(cid)] = Safety.model_construct(status="clear", items=[], message=(
                 f"Risk items answered zero at session {int(last[c])}."))
