@@ -1,0 +1,362 @@
+"""The recommender's decision dataset and its policy-value evaluation (GitHub issue 7).
+
+Decision dataset (the same code for simulated and real cohorts): for each client who went off
+track, the *decision session*, the features as of it (`features.pointintime.point_in_time` on
+the sessions up to and including it: the ONE feature implementation, so nothing after the
+decision enters a row), the option received (an `adaptations.csv` row, or ``"none"``), its
+propensity and the outcome *reliably improved by the end* (intake to last score, at least the
+instrument's reliable-change threshold: PHQ-9 a fall of 6 or more; `features.change`).
+
+* Decision session: the session of the client's first adaptation row; for a client without one,
+  the first session >= 2 at which the client was off track by `OffTrackRule` (the score above
+  an expected course that reaches one reliable change by session 8, plus a tolerance of a third
+  of it, or an alliance rating below a floor). This is the simulated therapist's rule
+  (docs/simulator.md), stated here as the assumption used on real data too.
+* Propensities: the simulator's known ones (``truth.csv``) when given; otherwise a fitted
+  multinomial logistic model on the same features (`models.recommender.PropensityModel`).
+
+Evaluation (`evaluate_policies`): on a simulated cohort, cross-fitted by client (each fold's
+recommenders are fitted on the other folds), every flagged client's top suggestion is looked up
+in the simulator's counterfactual outcomes (`training.simulate.counterfactual_outcomes`: the
+same random numbers under each option), so each policy's value is exact on this cohort.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from features.change import rc_units, reliable_change
+from features.instruments import REGISTRY, Role, get
+from features.pointintime import point_in_time
+from models.recommender import OPTIONS, PropensityModel
+
+
+@dataclass(frozen=True)
+class OffTrackRule:
+    """When an archived client without an adaptation row counts as off track (the decision).
+
+    Score worse than ``intake - rci * log(s) / log(rc_session)`` by more than
+    ``tolerance_rc * rci`` (PHQ-9: 2 points), or an alliance rating below ``alliance_floor``
+    on the same session (SRS 30), at sessions s >= 2.
+    """
+
+    rc_session: float = 8.0
+    tolerance_rc: float = 1.0 / 3.0
+    alliance_floor: dict = field(default_factory=lambda: {"SRS": 30.0})
+
+
+@dataclass
+class DecisionData:
+    instrument: str
+    X: pd.DataFrame  # features as of the decision session (FEATURE_NAMES)
+    keys: pd.DataFrame  # client_id, session (= the decision session)
+    treatment: np.ndarray  # option names (OPTIONS)
+    propensity: np.ndarray  # (n, len(OPTIONS)), rows sum to 1
+    outcome: np.ndarray  # 1 reliably improved by the end, 0 not, NaN unknown (ongoing)
+    improvement: np.ndarray  # intake to last score in reliable-change units, NaN unknown
+    propensity_source: str = "known"
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    @property
+    def client_id(self) -> np.ndarray:
+        return self.keys["client_id"].to_numpy(dtype=object)
+
+    def subset(self, mask: np.ndarray) -> DecisionData:
+        m = np.asarray(mask)
+        return DecisionData(self.instrument, self.X[m].reset_index(drop=True),
+                            self.keys[m].reset_index(drop=True), self.treatment[m],
+                            self.propensity[m], self.outcome[m], self.improvement[m],
+                            self.propensity_source)
+
+
+def decision_sessions(sessions: pd.DataFrame, adaptations: pd.DataFrame | None,
+                      instrument: str = "PHQ-9", rule: OffTrackRule | None = None
+                      ) -> pd.DataFrame:
+    """client_id -> decision session and option received ("none" when no adaptation row)."""
+    rule = rule or OffTrackRule()
+    inst = get(instrument)
+    s = sessions.loc[sessions["instrument"] == instrument, ["client_id", "session", "score"]]
+    s = s.sort_values(["client_id", "session"], kind="stable")
+    intake = s.groupby("client_id", sort=False)["score"].transform("first").to_numpy(float)
+    sess = s["session"].to_numpy(dtype=float)
+    expected = intake - inst.sign * inst.rci * np.log(sess) / np.log(rule.rc_session)
+    off = inst.sign * (s["score"].to_numpy(float) - expected) > rule.tolerance_rc * inst.rci
+    al = [c for c in rule.alliance_floor if c in REGISTRY and REGISTRY[c].role is Role.ALLIANCE]
+    if al:
+        a = sessions.loc[sessions["instrument"].isin(al), ["client_id", "session", "instrument",
+                                                           "score"]].copy()
+        a["low"] = a["score"].to_numpy(float) < a["instrument"].map(rule.alliance_floor).to_numpy(
+            float)
+        low = a.groupby(["client_id", "session"])["low"].any()
+        idx = pd.MultiIndex.from_arrays([s["client_id"], s["session"]])
+        off |= low.reindex(idx).fillna(False).to_numpy(dtype=bool)
+    off &= sess >= 2
+    first_off = s.loc[off].groupby("client_id", sort=False)["session"].min()
+    out = pd.DataFrame({"session": first_off, "adaptation": "none"})
+    if adaptations is not None and len(adaptations):
+        ad = adaptations.sort_values(["client_id", "session"], kind="stable").drop_duplicates(
+            "client_id")
+        ad = ad.set_index("client_id")[["session", "adaptation"]].astype(
+            {"session": "int64", "adaptation": object})
+        out = pd.concat([out.drop(index=ad.index, errors="ignore"), ad])
+    out.index.name = "client_id"
+    out["session"] = out["session"].astype("int64")
+    return out.sort_index()
+
+
+def _parse_propensities(truth: pd.DataFrame, ids) -> np.ndarray:
+    tr = truth.set_index(truth["client_id"].astype(str))["propensities"].reindex(
+        pd.Index(ids).astype(str))
+    out = np.full((len(ids), len(OPTIONS)), np.nan)
+    pos = {o: j for j, o in enumerate(OPTIONS)}
+    for i, txt in enumerate(tr.to_numpy(dtype=object)):
+        if isinstance(txt, str) and txt:
+            for part in txt.split(";"):
+                name, p = part.split(":")
+                out[i, pos[name]] = float(p)
+    return out
+
+
+def build_decision_data(sessions: pd.DataFrame, clients: pd.DataFrame | None,
+                        adaptations: pd.DataFrame | None, instrument: str = "PHQ-9",
+                        truth: pd.DataFrame | None = None, rule: OffTrackRule | None = None,
+                        seed: int = 0) -> DecisionData:
+    """One row per client with a decision session (see the module docstring)."""
+    dec = decision_sessions(sessions, adaptations, instrument, rule)
+    ids = dec.index.to_numpy(dtype=object)
+    upto = sessions["client_id"].map(dec["session"])
+    s = sessions.loc[upto.notna().to_numpy() & (sessions["session"].to_numpy()
+                                               <= upto.fillna(0).to_numpy())]
+    ff = point_in_time(s, instrument=instrument, at=None)
+    order = pd.Index(ff.keys["client_id"].astype(object)).get_indexer(pd.Index(ids))
+    X = ff.X.iloc[order].reset_index(drop=True)
+    keys = pd.DataFrame({"client_id": ids, "session": dec["session"].to_numpy()})
+    treatment = dec["adaptation"].to_numpy(dtype=object)
+    prim = sessions.loc[sessions["instrument"] == instrument].sort_values(
+        ["client_id", "session"], kind="stable").groupby("client_id")["score"]
+    first, last = prim.first().reindex(ids), prim.last().reindex(ids)
+    y = (reliable_change(first.to_numpy(float), last.to_numpy(float), instrument) == 1
+         ).astype(float)
+    imp = rc_units(first.to_numpy(float), last.to_numpy(float), instrument)
+    if clients is not None and len(clients):
+        status = clients.set_index("client_id")["end_status"].reindex(ids).astype(object)
+        y[(status == "ongoing").to_numpy()] = np.nan
+        imp[(status == "ongoing").to_numpy()] = np.nan
+    if truth is not None and "propensities" in truth.columns:
+        prop, source = _parse_propensities(truth, ids), "known (simulation truth)"
+    else:
+        prop, source = np.full((len(ids), len(OPTIONS)), np.nan), "fitted"
+    missing = ~np.isfinite(prop).all(axis=1)
+    if missing.any():
+        pm = PropensityModel(random_state=seed).fit(X, treatment)
+        prop[missing] = pm.predict_proba(X[missing])
+        if not missing.all():
+            source += f"; fitted for {int(missing.sum())} clients"
+    return DecisionData(instrument, X, keys, treatment, prop, y, imp, source)
+
+
+# ------------------------------------------------------------------------------------------
+# Policy-value evaluation against the simulator's counterfactuals
+# ------------------------------------------------------------------------------------------
+LEARNED = ("neighbours", "uplift_gbm")
+POLICY_LABELS = {
+    "neighbours": "Nearest-neighbour personalised advantage (learned)",
+    "uplift_gbm": "Gradient-boosted uplift (learned)",
+    "rules": "Clinical-support rules (top rule; a random adaptation when no rule fires)",
+    "rules_or_none": "Clinical-support rules (no adaptation when no rule fires)",
+    "random": "Random adaptation (seeded)",
+    "observed": "What the simulated therapists chose",
+    "oracle": "Oracle: the truly best adaptation (truth.csv best_adaptation)",
+    "oracle_best_counterfactual": "Oracle: the best counterfactual outcome per client",
+}
+SLOW_NOTE = "the simulator's counterfactuals need the in-memory cohort (its layout and keys)"
+
+
+def make_recommender(name: str, instrument: str = "PHQ-9", seed: int = 0):
+    from models.recommender import NeighbourAdvantage, UpliftGBM
+
+    if name == "neighbours":
+        return NeighbourAdvantage(instrument=instrument)
+    if name == "uplift_gbm":
+        return UpliftGBM(instrument=instrument, random_state=seed)
+    raise ValueError(name)
+
+
+def fit_recommender(name: str, data: DecisionData, seed: int = 0):
+    model = make_recommender(name, data.instrument, seed)
+    return model.fit(data.X, data.treatment, data.outcome, data.propensity,
+                     improvement=data.improvement)
+
+
+def rule_top(X: pd.DataFrame, instrument: str, fallback: np.ndarray | None = None
+             ) -> np.ndarray:
+    """Index into OPTIONS of the top rule-based suggestion at the decision session.
+
+    The rules see the decision row with signal "red" and ``at_risk`` True (every decision row
+    is off track) and no risk probabilities (the evaluation fits no risk model); where no rule
+    fires the option is ``fallback`` (or "none" when not given).
+    """
+    from models.suggestions import rule_suggestions
+
+    inst = get(instrument)
+    out = np.zeros(len(X), dtype=np.int64) if fallback is None else fallback.copy()
+    for i, row in enumerate(X.to_dict("records")):
+        sg = [s for s in rule_suggestions(row, inst, "red", None, None, "clear", True)
+              if s.adaptation in OPTIONS]
+        if sg:
+            out[i] = OPTIONS.index(sg[0].adaptation)
+    return out
+
+
+def counterfactual_reliable(cohort, data: DecisionData) -> np.ndarray:
+    """(n, len(OPTIONS)): 1 where the client reliably improved (intake to the last observed
+    score) under each option, from `training.simulate.counterfactual_outcomes`."""
+    from training.simulate import counterfactual_outcomes
+
+    cf = counterfactual_outcomes(cohort, OPTIONS)
+    s = cohort.sessions
+    first = s.loc[s["instrument"] == data.instrument].sort_values(
+        ["client_id", "session"], kind="stable").groupby("client_id")["score"].first()
+    cf["reliable"] = reliable_change(cf["client_id"].map(first).to_numpy(float),
+                                     cf["last_phq"].to_numpy(float), data.instrument) == 1
+    wide = cf.pivot(index="client_id", columns="option", values="reliable")
+    return wide.reindex(index=pd.Index(data.client_id), columns=list(OPTIONS)).to_numpy(float)
+
+
+@dataclass
+class PolicyResult:
+    policy: str
+    value: float  # share reliably improved if every flagged client got the policy's choice
+    top_is_best: float  # share whose choice is the truly best adaptation ("any" counts)
+    diff_vs_rules: float
+    diff_se: float
+    n: int
+
+
+@dataclass
+class EvaluationReport:
+    results: list[PolicyResult]
+    n_clients: int
+    n_flagged: int
+    design: str
+    fallback_share: dict[str, float]
+    seconds: float
+    params: dict = field(default_factory=dict)
+
+    def result(self, policy: str) -> PolicyResult:
+        return next(r for r in self.results if r.policy == policy)
+
+    def gap_closed(self, policy: str) -> float:
+        """(value - rules) / (oracle - rules)."""
+        rules, oracle = self.result("rules").value, self.result("oracle").value
+        return (self.result(policy).value - rules) / (oracle - rules)
+
+
+def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 2,
+                      archive_clients: int = 0, instrument: str = "PHQ-9",
+                      progress: Callable[[str], None] | None = None) -> EvaluationReport:
+    """Policy values on a simulated cohort of ``n_clients`` (see the module docstring).
+
+    ``archive_clients = 0``: the recommenders are cross-fitted by client on the cohort itself
+    (``n_folds`` folds). ``archive_clients > 0``: they are fitted once on a separate archive
+    cohort of that size (seed ``seed + 1000``) and evaluated on every flagged client.
+    """
+    from training.simulate import simulate_cohort
+
+    t0 = time.perf_counter()
+    say = progress or (lambda _m: None)
+    say(f"simulating {n_clients:,} clients (seed {seed})")
+    cohort = simulate_cohort(n_clients, seed=seed, oracle_clients=0)
+    data = build_decision_data(cohort.sessions, cohort.clients, cohort.adaptations, instrument,
+                               truth=cohort.truth, seed=seed)
+    n = len(data)
+    say(f"{n:,} flagged clients; counterfactual outcomes under {len(OPTIONS)} options")
+    Y = counterfactual_reliable(cohort, data)
+    rng = np.random.default_rng([seed, 7])
+    random_pick = rng.integers(1, len(OPTIONS), size=n)
+    rules = rule_top(data.X, instrument, fallback=random_pick)
+    picks: dict[str, np.ndarray] = {"rules": rules, "rules_or_none": rule_top(data.X, instrument),
+                                    "random": random_pick,
+                                    "observed": _codes_of(data.treatment)}
+    fallback_share = {}
+    for name in LEARNED:
+        picks[name] = np.zeros(n, dtype=np.int64)
+        fallback_share[name] = 0.0
+    if archive_clients > 0:
+        say(f"simulating the archive: {archive_clients:,} clients (seed {seed + 1000})")
+        arch = simulate_cohort(archive_clients, seed=seed + 1000, oracle_clients=0)
+        train = build_decision_data(arch.sessions, arch.clients, arch.adaptations, instrument,
+                                    truth=arch.truth, seed=seed)
+        splits = [(train, np.ones(n, dtype=bool))]
+        design = (f"fitted on a separate archive of {archive_clients:,} simulated clients "
+                  f"({len(train):,} decision rows), evaluated on all {n:,} flagged clients")
+    else:
+        fold = np.random.default_rng([seed, 11]).integers(0, n_folds, size=n)
+        splits = [(data.subset(fold != f), fold == f) for f in range(n_folds)]
+        design = f"{n_folds}-fold cross-fitting by client within the cohort"
+    for name in LEARNED:
+        for f, (train, test) in enumerate(splits):
+            say(f"{name}: fit {f + 1}/{len(splits)}")
+            model = fit_recommender(name, train, seed)
+            top = model.top_adaptation(data.X[test])
+            none = np.array([t is None for t in top])
+            chosen = np.array([0 if t is None else OPTIONS.index(t) for t in top])
+            picks[name][test] = np.where(none, rules[test], chosen)
+            fallback_share[name] += float(none.sum()) / n
+    best = cohort.truth.set_index("client_id")["best_adaptation"].reindex(
+        pd.Index(data.client_id)).astype(object).to_numpy()
+    best_idx = np.array([OPTIONS.index(b) if b in OPTIONS else -1 for b in best])
+    any_best = best == "any"
+    picks["oracle"] = np.where(any_best, random_pick, best_idx)
+    Ya = Y[:, 1:]
+    picks["oracle_best_counterfactual"] = 1 + Ya.argmax(axis=1)
+    rows = np.arange(n)
+    base = Y[rows, picks["rules"]]
+    results = []
+    for name in ("oracle_best_counterfactual", "oracle", *LEARNED, "rules", "rules_or_none",
+                 "random", "observed"):
+        v = Y[rows, picks[name]]
+        d = v - base
+        hit = (picks[name] == best_idx) | (any_best & (picks[name] >= 1))
+        results.append(PolicyResult(name, float(v.mean()), float(hit.mean()), float(d.mean()),
+                                    float(d.std(ddof=1) / np.sqrt(n)), n))
+    return EvaluationReport(results, n_clients, n, design, fallback_share,
+                            time.perf_counter() - t0,
+                            {"clients": n_clients, "seed": seed, "folds": n_folds,
+                             "archive_clients": archive_clients, "instrument": instrument,
+                             "outcome": "reliably improved, intake to last observed score",
+                             "propensities": data.propensity_source})
+
+
+def _codes_of(treatment: np.ndarray) -> np.ndarray:
+    return pd.Categorical(treatment, categories=OPTIONS).codes.astype(np.int64)
+
+
+def log_to_mlflow(report: EvaluationReport) -> str:
+    """One MLflow run in the OnTrack experiment: ``policy_value_<policy>``,
+    ``top_is_best_<policy>``, ``policy_gap_closed_<learned>``. Returns the run id."""
+    import mlflow
+
+    from training.tracking import configure, git_commit
+
+    configure()
+    with mlflow.start_run(run_name="recommend-eval") as run:
+        mlflow.set_tags({"kind": "recommender-evaluation", "git_commit": git_commit(),
+                         "design": report.design})
+        mlflow.log_params(report.params)
+        for r in report.results:
+            mlflow.log_metric(f"policy_value_{r.policy}", r.value)
+            mlflow.log_metric(f"top_is_best_{r.policy}", r.top_is_best)
+            mlflow.log_metric(f"policy_value_diff_vs_rules_{r.policy}", r.diff_vs_rules)
+        for name in LEARNED:
+            mlflow.log_metric(f"policy_gap_closed_{name}", report.gap_closed(name))
+            mlflow.log_metric(f"fallback_share_{name}", report.fallback_share[name])
+        mlflow.log_metric("n_flagged", report.n_flagged)
+        return run.info.run_id
