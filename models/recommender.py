@@ -470,10 +470,12 @@ class UpliftGBM(_SimilarClients, BaseEstimator):
         self.uplift_, self.offset_ = [], np.zeros(len(OPTIONS))
         for a in range(len(OPTIONS)):
             s = A == a
-            if s.sum() < 2 * self.min_child_samples:
+            if s.sum() < 4 * self.min_similar:
                 raise ValueError(f"only {int(s.sum())} archived clients received {OPTIONS[a]}")
             w = 1.0 / P[s, a]
-            g = self._booster(self.n_estimators, self.num_leaves, self.min_child_samples,
+            # small archives: leaves of at least a fifth of the option's clients
+            leaf = max(self.min_similar, min(self.min_child_samples, int(s.sum()) // 5))
+            g = self._booster(self.n_estimators, self.num_leaves, leaf,
                               self.learning_rate).fit(M[s], r[s], sample_weight=w)
             # the option's weighted mean residual + the booster centred on its own arm
             self.offset_[a] = np.average(r[s], weights=w) - np.average(g.predict(M[s]),

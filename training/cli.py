@@ -288,6 +288,41 @@ def demo(
     serve_command(port=port)
 
 
+
+@app.command("recommend-eval")
+def recommend_eval(
+    clients: Annotated[int, typer.Option(help="Clients in the simulated evaluation cohort.",
+                                         min=1000)] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed of the cohort.")] = 1,
+    archive_clients: Annotated[int, typer.Option(
+        help="Fit the recommenders on a separate simulated archive of this many clients "
+             "(seed + 1000); 0 = cross-fit within the cohort.", min=0)] = 0,
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds (archive 0).", min=2)] = 2,
+    log: Annotated[bool, typer.Option(help="Log an MLflow run.")] = True,
+) -> None:
+    """Policy value of the learned adaptation suggestions against the rules, a random choice
+    and the oracle, on a simulated cohort's counterfactual outcomes (docs/recommender.md)."""
+    from training.recommend_eval import POLICY_LABELS, evaluate_policies, log_to_mlflow
+
+    with _progress() as bar:
+        task = bar.add_task("recommend-eval", total=None)
+        rep = evaluate_policies(clients, seed, folds, archive_clients,
+                                progress=lambda m: bar.update(task, description=m))
+    table = Table(title=f"Top-suggestion policies: {rep.n_flagged:,} flagged of "
+                        f"{rep.n_clients:,} simulated clients ({rep.design})")
+    for col in ("policy", "reliably improved", "vs rules (SE)", "top is best"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for r in rep.results:
+        table.add_row(POLICY_LABELS[r.policy], f"{100 * r.value:.2f}%",
+                      f"{100 * r.diff_vs_rules:+.2f} ({100 * r.diff_se:.2f})",
+                      f"{100 * r.top_is_best:.1f}%")
+    console.print(table)
+    for name in ("neighbours", "uplift_gbm"):
+        console.print(f"{name}: {100 * rep.gap_closed(name):.0f}% of the rules-to-oracle gap "
+                      f"closed; fell back to the rules for {100 * rep.fallback_share[name]:.1f}%")
+    if log:
+        console.print(f"MLflow run: {log_to_mlflow(rep)}")
+
 def _register_serving() -> None:
     """Serving's commands, if the serving package provides them (lazy import)."""
     from importlib.util import find_spec

@@ -1,0 +1,157 @@
+"""Learned adaptation suggestions (GitHub issue 7): the minimum of similar cases, determinism,
+the fallback to the rules with a stated reason, the decision dataset, the policy evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.recommender import (
+    ADAPTATIONS,
+    MIN_SIMILAR,
+    OPTIONS,
+    NeighbourAdvantage,
+    PropensityModel,
+    UpliftGBM,
+    wilson,
+)
+from training.recommend_eval import build_decision_data, decision_sessions
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    from training.simulate import simulate_cohort
+
+    return simulate_cohort(5000, seed=21, oracle_clients=0)
+
+
+@pytest.fixture(scope="module")
+def data(cohort):
+    return build_decision_data(cohort.sessions, cohort.clients, cohort.adaptations,
+                               truth=cohort.truth)
+
+
+def _fit(cls, data, **kw):
+    return cls(**kw).fit(data.X, data.treatment, data.outcome, data.propensity,
+                         improvement=data.improvement)
+
+
+def test_decision_sessions_equal_the_simulated_therapists(cohort, data):
+    obs = cohort.observed
+    sim = pd.Series(obs.option_slot, index=cohort.layout.client_id)[obs.option >= 0]
+    got = data.keys.set_index("client_id")["session"]
+    assert len(got) == len(sim)
+    assert (got.reindex(sim.index).to_numpy() == sim.to_numpy()).all()
+    received = pd.Series(np.array(OPTIONS, dtype=object)[obs.option[obs.option >= 0]],
+                         index=sim.index)
+    assert (pd.Series(data.treatment, index=data.client_id).reindex(sim.index)
+            == received).all()
+    assert np.allclose(data.propensity.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_features_are_as_of_the_decision_session(cohort, data):
+    """Nothing after the decision session enters a row: dropping later sessions changes
+    nothing."""
+    dec = decision_sessions(cohort.sessions, cohort.adaptations)
+    upto = cohort.sessions["client_id"].map(dec["session"])
+    early = cohort.sessions[cohort.sessions["session"] <= upto.fillna(0)]
+    again = build_decision_data(early, None, cohort.adaptations, truth=cohort.truth)
+    pd.testing.assert_frame_equal(again.X, data.X)
+
+
+@pytest.mark.parametrize("cls", [NeighbourAdvantage, UpliftGBM])
+def test_never_suggests_from_fewer_similar_cases_than_the_minimum(cls, data):
+    model = _fit(cls, data, n_neighbors=60, min_similar=12)
+    recs = model.recommend(data.X.iloc[:300], top=None)
+    ev = model.evidence(data.X.iloc[:300])
+    shown = 0
+    for i, rec in enumerate(recs):
+        for s in rec.suggestions:
+            j = ADAPTATIONS.index(s.adaptation)
+            assert s.n_similar >= 12 and s.n_without >= 12
+            assert s.n_similar == ev["n_with"][i, j]
+            shown += 1
+        too_few = {ADAPTATIONS[j] for j in range(len(ADAPTATIONS))
+                   if ev["n_with"][i, j] < 12 or ev["n_without"][i, j] < 12}
+        assert not too_few & {s.adaptation for s in rec.suggestions}
+    assert shown > 0
+    top = model.top_adaptation(data.X.iloc[:300])
+    for i, t in enumerate(top):
+        if t is not None:
+            assert ev["n_with"][i, ADAPTATIONS.index(t)] >= 12
+
+
+def test_minimum_cannot_be_set_below_ten(data):
+    with pytest.raises(ValueError, match="at least 10"):
+        _fit(NeighbourAdvantage, data, min_similar=MIN_SIMILAR - 1)
+
+
+@pytest.mark.parametrize("cls", [NeighbourAdvantage, UpliftGBM])
+def test_falls_back_to_the_rules_with_a_stated_reason(cls, data):
+    """Too few similar clients received any adaptation: no learned suggestion, a reason."""
+    model = _fit(cls, data, n_neighbors=25, min_similar=MIN_SIMILAR)
+    recs = model.recommend(data.X.iloc[:200])
+    fallbacks = [r for r in recs if not r.suggestions]
+    assert fallbacks, "with 25 neighbours some clients must lack 10 cases for every option"
+    for r in fallbacks:
+        assert r.top is None
+        assert r.fallback_reason.startswith("not enough similar cases")
+        assert "rule-based suggestions are shown instead" in r.fallback_reason
+    top = model.top_adaptation(data.X.iloc[:200])
+    assert sum(t is None for t in top) == len(fallbacks)
+
+
+@pytest.mark.parametrize("cls", [NeighbourAdvantage, UpliftGBM])
+def test_deterministic_for_a_seed(cls, data):
+    kw = {"random_state": 3} if cls is UpliftGBM else {}
+    a, b = _fit(cls, data, **kw), _fit(cls, data, **kw)
+    X = data.X.iloc[:200]
+    np.testing.assert_array_equal(a.gains(X), b.gains(X))
+    ra, rb = a.recommend(X), b.recommend(X)
+    assert [[s.adaptation for s in r.suggestions] for r in ra] == \
+        [[s.adaptation for s in r.suggestions] for r in rb]
+    assert [r.suggestions[0].rationale for r in ra if r.suggestions] == \
+        [r.suggestions[0].rationale for r in rb if r.suggestions]
+
+
+def test_suggestion_carries_interval_counts_and_wording(data):
+    model = _fit(UpliftGBM, data)
+    rec = next(r for r in model.recommend(data.X.iloc[:50]) if r.suggestions)
+    s = rec.suggestions[0]
+    assert s.lower <= s.rate_with - s.rate_without <= s.upper
+    assert s.rate_with_ci[0] <= s.rate_with <= s.rate_with_ci[1]
+    assert s.prompt.startswith("Consider")
+    text = s.rationale
+    assert "Observational comparison" in text and f"{s.n_similar} who received" in text
+    assert "failure" not in text.lower()
+    assert s.drivers and all(isinstance(d, str) for d in s.drivers)
+    gains = [x.gain for x in rec.suggestions]
+    assert gains == sorted(gains, reverse=True)
+
+
+def test_wilson_interval_matches_a_worked_example():
+    """Wilson (1927) score interval, 95 %: 62 successes of 100 -> 0.5220 to 0.7090
+    (Newcombe 1998, method 3, computed the same way)."""
+    lo, hi = wilson(np.array([0.62]), np.array([100.0]))
+    assert lo[0] == pytest.approx(0.5220, abs=1e-3) and hi[0] == pytest.approx(0.7090, abs=1e-3)
+
+
+def test_propensity_model_for_real_data(cohort, data):
+    pm = PropensityModel().fit(data.X, data.treatment)
+    p = pm.predict_proba(data.X.iloc[:20])
+    assert p.shape == (20, len(OPTIONS)) and np.allclose(p.sum(axis=1), 1) and (p > 0).all()
+    real = build_decision_data(cohort.sessions, cohort.clients, cohort.adaptations)
+    assert real.propensity_source == "fitted" and np.isfinite(real.propensity).all()
+
+
+def test_policy_evaluation_small_cohort():
+    from training.recommend_eval import evaluate_policies
+
+    rep = evaluate_policies(4000, seed=5, n_folds=2)
+    v = {r.policy: r.value for r in rep.results}
+    assert v["oracle_best_counterfactual"] >= max(v[k] for k in v)
+    assert v["oracle"] >= v["random"] and v["oracle"] >= v["rules"]
+    assert rep.result("oracle").top_is_best == 1.0
+    again = evaluate_policies(4000, seed=5, n_folds=2)
+    assert [r.value for r in again.results] == [r.value for r in rep.results]
