@@ -168,7 +168,7 @@ class NeighbourNavigator(_FeatureContract, BaseEstimator):
         np.maximum.at(last_session, pos, session)
         in_care = (last_idx >= 0) & (np.arange(1, T + 1)[None, :] <= last_session[:, None])
 
-        trees, members = [], []
+        trees, members, points = [], [], []
         for t in range(T):
             m = np.flatnonzero(in_care[:, t])
             if len(m) < k + 1:
@@ -176,6 +176,7 @@ class NeighbourNavigator(_FeatureContract, BaseEstimator):
             trees.append(NearestNeighbors(n_neighbors=k + 1, algorithm=self.algorithm)
                          .fit(G[m, t]))
             members.append(m)
+            points.append(np.ascontiguousarray(G[m, t]))
         if not trees:
             raise ValueError(f"NeighbourNavigator needs more than n_neighbors={k} archived "
                              f"clients in care at session 1; got {int(in_care[:, 0].sum())}")
@@ -197,7 +198,7 @@ class NeighbourNavigator(_FeatureContract, BaseEstimator):
         self.instrument_ = inst
         self.match_features_ = np.asarray(names, dtype=object)
         self.mean_, self.scale_ = mean, scale
-        self.trees_, self.members_ = trees, members
+        self.trees_, self.members_, self.points_ = trees, members, points
         self.match_sessions_ = len(trees)
         self.trajectory_ = traj
         self.intake_ = intake
@@ -223,6 +224,21 @@ class NeighbourNavigator(_FeatureContract, BaseEstimator):
         Z = frame[list(self.match_features_)].to_numpy(float)
         return np.nan_to_num((Z - self.mean_) / self.scale_)
 
+    def _query(self, t: int, Zq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest reference points at session index t. A request's few rows are searched
+        by brute force in NumPy (the tree's per-call checks cost more than the search);
+        batches use the tree. Both give exact Euclidean neighbours, nearest first."""
+        points = getattr(self, "points_", None)
+        if points is None or len(Zq) > 16:
+            return self.trees_[t].kneighbors(Zq, n_neighbors=k)
+        P = points[t]
+        d2 = ((P[None, :, :] - Zq[:, None, :]) ** 2).sum(axis=2)
+        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        pd2 = np.take_along_axis(d2, part, axis=1)
+        order = np.lexsort((part, pd2), axis=1)  # by distance, ties by position (as the tree)
+        local = np.take_along_axis(part, order, axis=1)
+        return np.sqrt(np.take_along_axis(pd2, order, axis=1)), local
+
     def kneighbors(self, X, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, reference positions), each (n, n_neighbors), nearest first.
 
@@ -241,7 +257,7 @@ class NeighbourNavigator(_FeatureContract, BaseEstimator):
         idx = np.empty((n, k), dtype=int)
         for tt in np.unique(t):
             rows = np.flatnonzero(t == tt)
-            d, local = self.trees_[tt].kneighbors(Z[rows])
+            d, local = self._query(tt, Z[rows], k + 1)
             p = self.members_[tt][local]
             keep = p != excl[rows, None]
             # first k kept columns per row (stable: distance order is preserved)

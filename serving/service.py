@@ -203,9 +203,10 @@ class OnTrack:
         assessments = self.bundle.assess(frames.sessions, frames.covariates,
                                          horizon=self.settings.horizon)
         self.audit.record(uuid.uuid4().hex, clinic, assessments)
-        return 200, AssessResponse(model_version=self.bundle.version,
-                                   feature_version=self.bundle.feature_version,
-                                   assessments=assessments)
+        # the assessments are built (and typed) by models/assess.py: no second validation pass
+        return 200, AssessResponse.model_construct(model_version=self.bundle.version,
+                                                   feature_version=self.bundle.feature_version,
+                                                   assessments=assessments)
 
     # -------------------------------------------------------------------------- routes
     @bentoml.api(route="/v1/assess", input_spec=AssessRequest, output_spec=AssessResponse)

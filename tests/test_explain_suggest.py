@@ -3,6 +3,7 @@
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from features.pointintime import FEATURE_NAMES
@@ -66,3 +67,27 @@ def test_lost_gain_suggests_life_events():
     out = rule_suggestions(_row(change_rc=0.0, max_improvement_rc=1.5), "PHQ-9", "yellow", 0.6,
                            0.2, "clear", True)
     assert "life_events" in [s.adaptation for s in out]
+
+
+def test_built_assessments_validate_against_their_schema(tmp_path):
+    """models/assess.py builds response objects without re-validating them: every field must
+    be present and of the declared type, for every kind of client."""
+    from features.contract import validate_frames
+    from models.assess import Assessment
+    from training.pipeline import Settings, fit_instrument, instrument_rows, make_bundle
+    from training.simulate import simulate_cohort
+
+    sim = simulate_cohort(900, seed=2, oracle_clients=0)
+    cohort, report = validate_frames(sim.sessions, sim.clients)
+    rows = instrument_rows(cohort, ["PHQ-9"])["PHQ-9"]
+    bundle = make_bundle({"PHQ-9": fit_instrument(cohort, rows, Settings(gbm={
+        "n_estimators": 30, "min_training_cases": 50}), None)}, {}, {})
+    s = cohort.sessions[cohort.sessions["client_id"].isin(
+        cohort.sessions["client_id"].unique()[:60])]
+    gad_only = s[s["instrument"] == "GAD-7"].assign(client_id=lambda d: "G" + d["client_id"])
+    out = bundle.assess(pd.concat([s, gad_only], ignore_index=True))
+    assert {a.instrument for a in out} == {"PHQ-9", "GAD-7"}
+    for a in out:
+        again = Assessment.model_validate(a.model_dump())
+        assert again.model_dump() == a.model_dump()
+        assert set(type(a).model_fields) == set(a.__dict__)

@@ -331,3 +331,15 @@ def test_logistic_contributions_sum_to_the_logit():
     assert phi.shape == (len(ff.X), len(m.feature_names_) + 1)
     np.testing.assert_allclose(phi.sum(axis=1), m.predict_logit(ff.X), atol=1e-9)
     assert m.transform_features(ff.X).shape == (len(ff.X), len(m.feature_names_))
+
+
+def test_brute_force_and_tree_neighbours_agree():
+    """A request's few rows use NumPy brute force; batches use the tree: same neighbours."""
+    ff, y, sessions = _cohort(400, 9)
+    nav = NeighbourNavigator(n_neighbors=20).fit(ff, y, trajectories=trajectory_matrix(sessions))
+    Xq = ff.X.iloc[:12]
+    d_small, i_small = nav.kneighbors(Xq)
+    batch = pd.concat([Xq] * 3, ignore_index=True)  # 36 rows: the tree path
+    d_big, i_big = nav.kneighbors(batch)
+    np.testing.assert_allclose(d_small, d_big[:12], atol=1e-9)
+    assert (np.sort(i_small, axis=1) == np.sort(i_big[:12], axis=1)).all()
