@@ -21,6 +21,8 @@ from models.explain import group_contributions
 from models.signal import signal as signal_rule
 from models.suggestions import rule_suggestions
 
+SOURCE_LEARNED = "learned: similar clients (observational comparison)"
+
 
 # ------------------------------------------------------------------------------------------
 # Output schema (the service's response schema reuses these)
@@ -348,6 +350,7 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
     cats = classify(intake, latest, inst) if has_rci else [None] * n
     rcu = rc_units(intake, latest, inst) if has_rci else np.full(n, np.nan)
     alliance_raw = _latest_alliance(sessions)
+    learned = _learned(m, X, colours, risk)
     out = {}
     for k in range(n):
         cid = str(ids[k])
@@ -373,12 +376,43 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
                 intake_score=float(intake[k]), latest_score=float(latest[k])),
             alliance=_alliance(row, alliance_raw.get(cid)),
             explanation=explanation[k],
-            suggestions=[SuggestionOut.model_construct(
-                adaptation=g.adaptation, prompt=g.prompt, rationale=g.rationale,
-                source=g.source) for g in sugg],
+            suggestions=_with_learned(sugg, learned.get(k), notes[k]),
             population=pop[k], notes=notes[k])
     return out
 
+
+def _learned(m, X: pd.DataFrame, colours: np.ndarray, risk: list) -> dict:
+    """Learned suggestions for the clients who are not on track (red/yellow or at risk), in
+    ONE batched call to the recommender; {} when the bundle has none."""
+    rec = getattr(m, "recommender", None) if m is not None else None
+    if rec is None:
+        return {}
+    at_risk = np.array([r is not None and bool(r.at_risk) for r in risk], dtype=bool)
+    idx = np.flatnonzero(np.isin(colours.astype(str), ("red", "yellow")) | at_risk)
+    if not len(idx):
+        return {}
+    return dict(zip(idx.tolist(), rec.recommend(X.iloc[idx]), strict=True))
+
+
+def _with_learned(sugg: list, rec, notes: list[str]) -> list[SuggestionOut]:
+    """Crisis prompts always first, then the learned suggestions (observational comparison),
+    then the rule-based ones; when the recommender must fall back, the rules with its reason."""
+    fallback = rec.fallback_reason if rec is not None and not rec.suggestions else None
+    out = [SuggestionOut.model_construct(adaptation=g.adaptation, prompt=g.prompt,
+                                         rationale=g.rationale, source=g.source)
+           for g in sugg if g.adaptation == "safety"]
+    if rec is not None:
+        out += [SuggestionOut.model_construct(adaptation=s.adaptation, prompt=s.prompt,
+                                              rationale=s.rationale, source=SOURCE_LEARNED)
+                for s in rec.suggestions]
+    if fallback:
+        notes.append(f"Learned suggestions: {fallback}.")
+    for i, g in enumerate(g for g in sugg if g.adaptation != "safety"):
+        why = g.rationale + (f" (Learned suggestions: {fallback}.)" if fallback and i == 0
+                             else "")
+        out.append(SuggestionOut.model_construct(adaptation=g.adaptation, prompt=g.prompt,
+                                                 rationale=why, source=g.source))
+    return out
 
 def _intake_course(navigator, sessions: pd.DataFrame, instrument: str, ids: np.ndarray
                    ) -> dict[str, np.ndarray]:

@@ -41,6 +41,7 @@ class InstrumentModels:
     navigator: Any | None  # models.neighbours.NeighbourNavigator
     population: Population
     validation: dict[str, Any] = field(default_factory=dict)
+    recommender: Any | None = None  # models.recommender.UpliftGBM (None: rules only)
 
 
 @dataclass

@@ -155,3 +155,26 @@ def test_policy_evaluation_small_cohort():
     assert rep.result("oracle").top_is_best == 1.0
     again = evaluate_policies(4000, seed=5, n_folds=2)
     assert [r.value for r in again.results] == [r.value for r in rep.results]
+
+
+def test_assessment_order_crisis_first_then_learned_then_rules(data):
+    """The service's list: crisis prompts always first, learned next, rules after; with a
+    fallback, the rules carry the reason (models/assess.py)."""
+    from models.assess import SOURCE_LEARNED, _with_learned
+    from models.recommender import Recommendation
+    from models.suggestions import rule_suggestions
+
+    row = data.X.iloc[0].to_dict() | {"alliance_below_cutoff": 1.0}
+    rules = rule_suggestions(row, "PHQ-9", "red", None, None, "flag", True)
+    model = _fit(NeighbourAdvantage, data)
+    rec = next(r for r in model.recommend(data.X.iloc[:50]) if r.suggestions)
+    out = _with_learned(rules, rec, [])
+    kinds = ["safety" if s.adaptation == "safety" else
+             "learned" if s.source == SOURCE_LEARNED else "rule" for s in out]
+    assert kinds == sorted(kinds, key=["safety", "learned", "rule"].index)
+    assert kinds[0] == "safety" and "learned" in kinds and "rule" in kinds
+    notes: list[str] = []
+    fb = _with_learned(rules, Recommendation([], "not enough similar cases: test"), notes)
+    assert [s.source for s in fb if s.source == SOURCE_LEARNED] == []
+    first_rule = next(s for s in fb if s.adaptation != "safety")
+    assert "not enough similar cases" in first_rule.rationale and notes

@@ -223,7 +223,34 @@ def fit_instrument(cohort: Cohort, rows: TrainingRows, settings: Settings,
                      rows, rows.failed, trajectories)
     _threshold(navigator, rows, rows.failed)
     return InstrumentModels(instrument=inst, expected=expected, failure=failure,
-                            dropout=dropout, navigator=navigator, population=population(rows))
+                            dropout=dropout, navigator=navigator, population=population(rows),
+                            recommender=fit_recommender(cohort, rows, settings))
+
+
+#: Fewest decision rows (off-track clients with a known outcome) to fit the recommender.
+MIN_DECISION_ROWS = 1000
+
+
+def fit_recommender(cohort: Cohort, rows: TrainingRows, settings: Settings):
+    """The learned adaptation suggestions (models/recommender.py), fitted on the training
+    clients' decision rows with fitted propensities; None when the cohort has no adaptation rows
+    or too few cases (the service then shows the rule-based suggestions only)."""
+    if cohort.adaptations is None or not len(cohort.adaptations):
+        return None
+    from models.recommender import UpliftGBM
+    from training.recommend_eval import build_decision_data
+
+    own = set(rows.keys["client_id"])
+    s = cohort.sessions[cohort.sessions["client_id"].isin(own)]
+    ad = cohort.adaptations[cohort.adaptations["client_id"].isin(own)]
+    try:
+        data = build_decision_data(s, cohort.clients, ad, rows.instrument, seed=settings.seed)
+        if np.isfinite(data.outcome).sum() < MIN_DECISION_ROWS:
+            return None
+        return UpliftGBM(instrument=rows.instrument, random_state=settings.seed).fit(
+            data.X, data.treatment, data.outcome, data.propensity, improvement=data.improvement)
+    except ValueError:  # too few clients received some option, or no decision rows
+        return None
 
 
 def split_for_gate(rows: TrainingRows) -> tuple[TrainingRows, TrainingRows]:
