@@ -317,24 +317,30 @@ class _SimilarClients:
         ev = self.evidence(X, idx)
         enough = (ev["n_with"] >= self.min_similar) & (ev["n_without"] >= self.min_similar)
         traits = self._shared_traits(X, idx) if drivers is None else None
+        # plain Python lists: indexing NumPy scalars one by one costs more than the ranking
+        order_all = np.argsort(-gains, axis=1, kind="stable").tolist()
+        enough_l = enough.tolist()
+        n_with_max = np.nanmax(ev["n_with"], axis=1).tolist()
+        E = {k: v.tolist() for k, v in ev.items()}
+        g = gains.tolist()
         out = []
         for i in range(len(X)):
-            order = [j for j in np.argsort(-gains[i], kind="stable") if enough[i, j]]
+            order = [j for j in order_all[i] if enough_l[i][j]]
             if not order:
-                best = int(np.nanmax(ev["n_with"][i]))
+                best = int(n_with_max[i])
                 out.append(Recommendation([], (
                     f"not enough similar cases: no adaptation was received by at least "
                     f"{self.min_similar} of the {self.k_} most similar archived clients (at most "
                     f"{best}); the rule-based suggestions are shown instead")))
                 continue
             items = [LearnedSuggestion(
-                adaptation=ADAPTATIONS[j], gain=float(gains[i, j]),
-                lower=float(ev["diff_lo"][i, j]), upper=float(ev["diff_hi"][i, j]),
-                n_similar=int(ev["n_with"][i, j]), n_without=int(ev["n_without"][i, j]),
-                rate_with=float(ev["rate_with"][i, j]),
-                rate_with_ci=(float(ev["with_lo"][i, j]), float(ev["with_hi"][i, j])),
-                rate_without=float(ev["rate_without"][i, j]),
-                rate_without_ci=(float(ev["without_lo"][i, j]), float(ev["without_hi"][i, j])),
+                adaptation=ADAPTATIONS[j], gain=g[i][j],
+                lower=E["diff_lo"][i][j], upper=E["diff_hi"][i][j],
+                n_similar=int(E["n_with"][i][j]), n_without=int(E["n_without"][i][j]),
+                rate_with=E["rate_with"][i][j],
+                rate_with_ci=(E["with_lo"][i][j], E["with_hi"][i][j]),
+                rate_without=E["rate_without"][i][j],
+                rate_without_ci=(E["without_lo"][i][j], E["without_hi"][i][j]),
                 drivers=traits[i] if drivers is None else drivers[i][j], method=method)
                 for j in order[:top]]
             out.append(Recommendation(items))
