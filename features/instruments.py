@@ -63,6 +63,9 @@ class Instrument:
     loinc_total: str | None = None
     loinc_items: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     notes: str = ""
+    # Alliance measures: the drop since the previous session (raw points) worth raising.
+    # None = any drop.
+    drop_alert: float | None = None
 
     @property
     def higher_is_better(self) -> bool:
@@ -81,6 +84,15 @@ class Instrument:
         """Score mapped to [0, 1] with 1 = worst, so instruments share one scale."""
         frac = (score - self.score_min) / (self.score_max - self.score_min)
         return 1.0 - frac if self.higher_is_better else frac
+
+    def dropped(self, normalised_drop: float) -> bool:
+        """Whether a drop since the previous session (on the 0..1 scale of the features, where
+        1 = the whole range) is one worth raising: at least `drop_alert` raw points, or any
+        drop when the instrument has no published rule."""
+        if normalised_drop is None or not math.isfinite(normalised_drop) or normalised_drop <= 0:
+            return False
+        raw = normalised_drop * (self.score_max - self.score_min)
+        return raw >= self.drop_alert - 1e-9 if self.drop_alert is not None else True
 
     def in_clinical_range(self, score: float) -> bool:
         if self.cutoff is None:
@@ -158,8 +170,9 @@ _ENTRIES: tuple[Instrument, ...] = (
         direction=Direction.HIGHER_IS_BETTER, integer_scores=False,
         cutoff=36, rci=None,
         source="Duncan et al. 2003, J Brief Therapy 3:3 (PCOMS); OpenFIT alert rules: "
-        "below 36 or any drop from the previous session",
+        "below 36, or a fall of 1 point or more since the previous session",
         verified=True,
+        drop_alert=1.0,
     ),
     Instrument(
         code="CORE-10",

@@ -236,11 +236,10 @@ def _alliance(row: dict, raw: tuple[str, float] | None = None) -> AllianceStatus
         return _build(AllianceStatus, status="not_assessed", latest=None, cutoff=None,
                                               message="No alliance rating was given.")
     below = row.get("alliance_below_cutoff") == 1
-    drop = row.get("alliance_drop", np.nan)
-    drop = bool(np.isfinite(drop) and drop > 0)
+    code, score = raw
+    drop = REGISTRY[code].dropped(row.get("alliance_drop", np.nan))
     status = {(True, True): "below_cutoff_and_drop", (True, False): "below_cutoff",
               (False, True): "drop", (False, False): "ok"}[(below, drop)]
-    code, score = raw
     cutoff = REGISTRY[code].cutoff
     msg = {"ok": "The alliance rating is above its cut-off and did not drop.",
            "below_cutoff": "The latest alliance rating is below the cut-off that signals a "
@@ -374,9 +373,12 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
         colour = str(colours[k])
         r = risk[k]
         row = dict(zip(names_x, values[k], strict=True))
+        alliance = _alliance(row, alliance_raw.get(cid))
         sugg = rule_suggestions(row, inst, colour, None if r is None else r.p_failure,
                                 None if r is None else r.p_dropout, saf.status,
-                                None if r is None else r.at_risk)
+                                None if r is None else r.at_risk,
+                                alliance_drop=alliance.status in {"drop",
+                                                                  "below_cutoff_and_drop"})
         imp = None if not np.isfinite(rcu[k]) else float(rcu[k] * inst.rci)
         out[cid] = _build(Assessment,
             client_id=cid, instrument=instrument, session=int(session[k]),
@@ -390,7 +392,7 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
                 category=None if cats[k] is None else str(cats[k]), improvement_points=imp,
                 rc_units=None if imp is None else float(rcu[k]),
                 intake_score=float(intake[k]), latest_score=float(latest[k])),
-            alliance=_alliance(row, alliance_raw.get(cid)),
+            alliance=alliance,
             explanation=explanation[k],
             suggestions=_with_learned(sugg, learned.get(k), notes[k]),
             population=pop[k], notes=notes[k])

@@ -47,8 +47,11 @@ def _f(row: dict, name: str) -> float:
 
 def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
                      p_failure: float | None, p_dropout: float | None,
-                     safety: str, at_risk: bool | None = None) -> list[Suggestion]:
-    """Ranked suggestions for one client (crisis prompts first)."""
+                     safety: str, at_risk: bool | None = None,
+                     alliance_drop: bool | None = None) -> list[Suggestion]:
+    """Ranked suggestions for one client (crisis prompts first). ``alliance_drop``: whether the
+    alliance fell by an amount worth raising (the alliance instrument's rule, e.g. SRS >= 1
+    point); when not given, any fall counts."""
     inst = instrument if isinstance(instrument, Instrument) else get(instrument)
     out: list[Suggestion] = []
     if safety == "flag":
@@ -59,7 +62,7 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
     session = _f(row, "session")
 
     below = _f(row, "alliance_below_cutoff") == 1
-    drop = _f(row, "alliance_drop") > 0
+    drop = _f(row, "alliance_drop") > 0 if alliance_drop is None else bool(alliance_drop)
     if below or drop:
         why = []
         if below:

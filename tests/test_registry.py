@@ -66,3 +66,12 @@ def test_severity_is_direction_aware():
 def test_unknown_instrument_error_names_the_code():
     with pytest.raises(KeyError, match="XYZ-1"):
         get("XYZ-1")
+
+
+def test_alliance_drop_rule():
+    """OpenFIT: an SRS fall of 1 point or more since the previous session is worth raising;
+    WAI-SR has no published rule, so any fall counts."""
+    srs = get("SRS")
+    assert srs.dropped(1.0 / 40) and srs.dropped(2.0 / 40)
+    assert not srs.dropped(0.5 / 40) and not srs.dropped(0.0) and not srs.dropped(float("nan"))
+    assert get("WAI-SR").dropped(0.01)
