@@ -130,7 +130,7 @@ class Rows:
         codes, uniques = pd.factorize(frame["instrument"])
         lookup = np.array([_INDEX.get(str(u), -1) for u in uniques] + [-1], dtype=np.int64)
         self.inst = lookup[codes]  # -1: unknown or missing instrument (indexes the NaN slot)
-        self.client, _ = pd.factorize(frame["client_id"])  # -1: missing
+        self.client, self.client_ids = pd.factorize(frame["client_id"])  # -1: missing
         self.score = frame["score"].to_numpy(dtype=float, na_value=np.nan)
         self.session = frame["session"].to_numpy(dtype=float, na_value=np.nan)
         self.items = {c: frame[c].to_numpy(dtype=float, na_value=np.nan)
@@ -157,9 +157,9 @@ class Rule:
 
 
 def _client_missing(r: Rows) -> np.ndarray:
-    ids = r.frame["client_id"]
-    blank = ids.astype("string").str.strip() == ""
-    return (r.client < 0) | blank.to_numpy(dtype=bool, na_value=True)
+    """Missing or blank ids (checked once per distinct id, not per row)."""
+    blank = np.array([str(u).strip() == "" for u in r.client_ids] + [True], dtype=bool)
+    return (r.client < 0) | blank[r.client]
 
 
 def _session_invalid(r: Rows) -> np.ndarray:
