@@ -357,7 +357,7 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
                 upper=float(cu[k, h]), failure_boundary=float(cb[k, h]))
                 for h in range(horizon)]
             pop[k] = _population_check(m.population, intake[k], session[k], instrument,
-                                       covariates, ids[k])
+                                       covariates, ids[k], notes[k])
 
     sig = signal_rule(latest, n_scores, med, bnd, session, inst)
     colours, reasons = sig["colour"].to_numpy(), sig["reason"].to_numpy()
@@ -467,16 +467,21 @@ def _latest_alliance(sessions: pd.DataFrame) -> dict[str, tuple[str, float]]:
 
 
 def _population_check(pop, intake: float, session: float, instrument: str,
-                      covariates: pd.DataFrame | None, client_id) -> Population:
+                      covariates: pd.DataFrame | None, client_id,
+                      notes: list[str] | None = None) -> Population:
+    """Outside the training population: instrument (handled by the caller), intake severity,
+    covariate levels. A session later than the training rows is a note, not a population
+    problem: it is where most ongoing clients are, and the course so far is in range."""
     reasons = []
     lo, hi = pop.intake_range
     if intake < lo or intake > hi:
         reasons.append(f"intake {instrument} {intake:g} is outside the training range "
                        f"{lo:g}–{hi:g}")
     s_lo, s_hi = pop.sessions
-    if session > s_hi:
-        reasons.append(f"session {int(session)} is later than the sessions the model was "
-                       f"trained on ({s_lo}–{s_hi}); the risk is extrapolated")
+    if session > s_hi and notes is not None:
+        notes.append(f"The risk model was trained on predictions made at sessions {s_lo}–{s_hi};"
+                     f" at session {int(session)} its risk is an extrapolation. The expected "
+                     "course and the signal cover the later sessions.")
     if covariates is not None and client_id in covariates.index:
         for col, levels in pop.covariate_levels.items():
             if col in covariates.columns:

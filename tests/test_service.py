@@ -163,7 +163,14 @@ def test_out_of_population(client, keys):
     a = post(client, late, keys["assess"]).json()["assessments"][0]
     assert a["population"]["out_of_population"] is True
     reasons = " ".join(a["population"]["reasons"])
-    assert "session 12" in reasons and "age_band = 90+" in reasons
+    assert "age_band = 90+" in reasons
+    # a session later than the training rows is said in a note, not counted as out of population
+    assert "session 12" not in reasons and any("session 12" in n for n in a["notes"])
+    intake = one("severe", [{"session": s, "scores": [{"instrument": "PHQ-9", "score": 27}]}
+                            for s in range(1, 4)])
+    b = post(client, intake, keys["assess"]).json()["assessments"][0]
+    if b["population"]["out_of_population"]:  # the fixture's training range may reach 27
+        assert "outside the training range" in " ".join(b["population"]["reasons"])
 
 
 def test_instrument_without_model_gets_rule_based_parts(client, keys):
