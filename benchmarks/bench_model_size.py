@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from features.contract import validate_frames
+from models.risk import GBMRisk
 from training.dataset import build_rows
 from training.metrics import bootstrap
 from training.pipeline import split_for_gate
 from training.simulate import simulate_cohort
-from models.risk import GBMRisk
 
 SIZES = [(150, 15, 5), (100, 7, 3), (60, 7, 3), (300, 31, 8)]
 
