@@ -37,7 +37,7 @@ EXAMPLE_INPUT: dict[str, Any] = {
     "clients": [
         {
             "client_id": "example-001",
-            "covariates": {"age_band": "26-40"},
+            "covariates": {"age_band": "26-35"},
             "sessions": [
                 {"session": 1, "date": "2025-01-06", "scores": [
                     {"instrument": "PHQ-9", "score": 18, "items": {"9": 0}},
@@ -112,7 +112,7 @@ class ClientIn(BaseModel):
                            "an HMAC pseudonym.", examples=["example-001"])
     covariates: dict[CovariateKey, str | int | float | bool | None] | None = Field(
         None, max_length=32, description="Optional covariates (e.g. age_band), used for the "
-        "out-of-population check.", examples=[{"age_band": "26-40"}])
+        "out-of-population check.", examples=[{"age_band": "26-35"}])
     sessions: list[SessionIn] = Field(min_length=1, max_length=500,
                                       description="The session history, oldest first.")
 

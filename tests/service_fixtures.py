@@ -39,7 +39,7 @@ def make_cohort(out: Path, n: int = 1500, seed: int = 1) -> Path:
             srs = float(np.clip(round(alliance + rng.normal(0, 1.5) - 0.1 * sc, 1), 0, 40))
             rows.append((cid, s, "SRS", srs, clinic, None))
         clients.append((cid, "dropout" if drop else "finished",
-                        str(rng.choice(["18-25", "26-40", "41-65"]))))
+                        str(rng.choice(["18-25", "26-35", "36-50", "51-65"]))))
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["client_id", "session", "instrument", "score", "clinic_id",
                                 "item_9"]).to_csv(out / "sessions.csv", index=False)
