@@ -251,16 +251,14 @@ def to_frames(req: AssessRequest) -> RequestFrames:
                     for key, v in x.items.items():
                         items.setdefault(int(key), {})[r] = v
     n = len(cid)
-    # NumPy columns (the request's types were already checked by pydantic): building pandas
-    # extension arrays and parsing dates through pandas costs milliseconds per request
     data: dict[str, Any] = {
-        "client_id": np.asarray(cid, dtype=object),
-        "session": np.asarray(ses, dtype=np.int64),
-        "instrument": np.asarray(ins, dtype=object),
+        "client_id": pd.array(cid, dtype="string"),
+        "session": pd.array(ses, dtype="Int64"),
+        "instrument": pd.array(ins, dtype="string"),
         "score": np.asarray(sco, dtype=np.float64),
     }
     if any_date:
-        data["date"] = np.array(dates, dtype="datetime64[ns]")
+        data["date"] = pd.to_datetime(pd.Series(dates, dtype="object")).astype("datetime64[ns]")
     for key in sorted(items):
         col = np.full(n, np.nan)
         for r, v in items[key].items():
