@@ -156,3 +156,26 @@ def test_too_little_data_error_names_the_numbers(tmp_path):
     cohort = load_cohort(small_other_instrument_cohort(tmp_path / "t", 20))
     with pytest.raises(TooLittleDataError, match=r"\d+ clients"):
         train(cohort, None, FAST, register_model=False)
+
+
+def test_compare_prints_a_leaderboard_and_writes_a_report(trained, tmp_path):
+    result = runner.invoke(app, ["compare", "--out", str(tmp_path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "Leaderboard" in out and "LightGBM" in out, result.output[-2000:]
+    report = next(tmp_path.glob("*/comparison.md")).read_text()
+    assert "## PHQ-9" in report and "oracle" in report
+    assert "![roc_s3]" in report
+
+
+def test_external_validation_of_the_champion_without_retraining(trained, tmp_path):
+    from tests.conftest import small_other_instrument_cohort  # noqa: F401  (fixture module)
+    from training.simulate import simulate_cohort
+
+    other = tmp_path / "other"
+    simulate_cohort(600, seed=99, oracle_clients=0).write(other, "csv")
+    result = runner.invoke(app, ["evaluate", "--model", "models:/ontrack-not-risk@champion",
+                                 "--data", str(other), "--bootstrap", "30"],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "external validation" in result.output and "AUROC" in result.output
