@@ -24,6 +24,20 @@ def redact(_logger, _method, event_dict: dict) -> dict:
     return event_dict
 
 
+class _CurrentStderr:
+    """Writes each line to the sys.stderr of the moment (not the one of configuration time:
+    a test runner or a CLI runner may swap and close streams between calls)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def _logger_factory(*_args) -> _CurrentStderr:
+    return _CurrentStderr()
+
+
 def configure_logging(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
@@ -37,6 +51,6 @@ def configure_logging(verbose: bool = False) -> None:
             else structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=_logger_factory,
+        cache_logger_on_first_use=False,
     )
