@@ -22,6 +22,15 @@ runner = CliRunner()
 FAST = Settings(seed=0, n_folds=3, n_neighbors=30, gbm={"n_estimators": 60})
 
 
+@pytest.fixture(autouse=True)
+def _this_sessions_store(mlflow_store):
+    """Point MLflow at this test session's store before every test: other test modules in
+    the same worker (service, web view) set the process-wide tracking URI to their own."""
+    from training.tracking import configure
+
+    configure()
+
+
 @pytest.fixture(scope="module")
 def trained(mlflow_store, sim_cohort_dir):
     """Train once (real labels) -> version 1; then a permuted-label model -> version 2."""
@@ -159,7 +168,8 @@ def test_too_little_data_error_names_the_numbers(tmp_path):
 
 
 def test_compare_prints_a_leaderboard_and_writes_a_report(trained, tmp_path):
-    result = runner.invoke(app, ["compare", "--out", str(tmp_path)], terminal_width=200)
+    result = runner.invoke(app, ["compare", "--run-id", trained["first"].run_id,
+                                 "--out", str(tmp_path)], terminal_width=200)
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert "Leaderboard" in out and "LightGBM" in out, result.output[-2000:]

@@ -16,7 +16,7 @@ def _latest_training_run(client: MlflowClient) -> str:
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:
         raise LookupError("no training runs yet: run `ontrack train --data PATH` first")
-    runs = client.search_runs([exp.experiment_id], "tags.kind = 'training'",
+    runs = client.search_runs([exp.experiment_id], "tags.kind = 'training' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise LookupError("no training runs yet: run `ontrack train --data PATH` first")
