@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from serving.sqlitefile import open_wal
+
 COLUMNS = ("id", "time", "request_id", "clinic", "client_pseudonym", "instrument",
            "model_version", "signal", "at_risk", "safety")
 
@@ -55,11 +57,7 @@ class AuditLog:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
+            conn = open_wal(self.path, _SCHEMA, synchronous="NORMAL")
             self._conn = conn
         return self._conn
 

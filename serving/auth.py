@@ -22,6 +22,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.sqlitefile import open_wal
+
 PREFIX = "otk"
 SCOPES = ("assess", "benchmark")
 _DUMMY_SALT = bytes(16)
@@ -75,10 +77,7 @@ class KeyStore:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+            conn = open_wal(self.path, _SCHEMA)
             self._conn = conn
         return self._conn
 
