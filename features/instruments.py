@@ -24,6 +24,8 @@ class Direction(StrEnum):
 class Role(StrEnum):
     OUTCOME = "outcome"  # symptom / functioning measure, the thing we predict
     ALLIANCE = "alliance"  # therapeutic alliance measure (SRS, WAI-SR)
+    # clinical-support checklist given when a client is not on track (one item per domain)
+    SUPPORT = "support"
 
 
 def jacobson_truax_rci(sd_pre: float, reliability: float, z: float = 1.96) -> float:
@@ -66,6 +68,10 @@ class Instrument:
     # Alliance measures: the drop since the previous session (raw points) worth raising.
     # None = any drop.
     drop_alert: float | None = None
+    # Support checklists: the adaptation each item is about (item k -> domains[k - 1]) and the
+    # item rating from which the domain counts as a problem worth discussing.
+    domains: tuple[str, ...] = ()
+    item_cutoff: float | None = None
 
     @property
     def higher_is_better(self) -> bool:
@@ -229,6 +235,25 @@ _ENTRIES: tuple[Instrument, ...] = (
         source="Hatcher & Gillaspy 2006, Psychother Res 16:12; no published cut-off or RCI",
         verified=True,
         notes="Scored as the item mean (1-5).",
+    ),
+    Instrument(
+        code="CSC",
+        name="OnTrack Clinical Support Checklist (one item per clinical-support domain)",
+        role=Role.SUPPORT,
+        n_items=5, item_min=0, item_max=4, score_min=0, score_max=20,
+        direction=Direction.HIGHER_IS_WORSE, integer_scores=True,
+        cutoff=None, rci=None,
+        source="Domains from Lambert's Assessment for Signal Clients (alliance, motivation, "
+        "social support, life events) and its decision step on a medication referral "
+        "(Harmon et al. 2007; Whipple et al. 2003). Not a published instrument: items, 0-4 "
+        "ratings and the item cut-off 2 are OnTrack's assumptions (VERIFY against the ASC)",
+        verified=False,
+        domains=("alliance_repair", "motivation", "social_support", "life_events",
+                 "medication_review"),
+        item_cutoff=2,
+        notes="Given when a client is not on track, like the ASC. Item k rates how much domain "
+        "k is a problem for the client now: 0 not at all, 1 a little, 2 somewhat, 3 a lot, "
+        "4 very much. A clinic using the ASC can map its subscale flags onto these items.",
     ),
 )
 

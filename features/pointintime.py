@@ -36,7 +36,22 @@ import pandas as pd
 
 from features.instruments import REGISTRY, Instrument, Role, get
 
-FEATURE_VERSION: str = "1.0.0"
+FEATURE_VERSION: str = "1.1.0"  # 1.1.0: the clinical-support checklist items
+
+
+def _checklist_domains() -> tuple[str, ...]:
+    """Adaptation codes rated by the registry's support checklists (registry order)."""
+    out: list[str] = []
+    for i in REGISTRY.values():
+        if i.role is Role.SUPPORT:
+            out.extend(d for d in i.domains if d not in out)
+    return tuple(out)
+
+
+#: Domains of the clinical-support checklist; feature ``checklist_<domain>`` is the latest
+#: rating of that domain at or before the session (NaN when no checklist was given yet).
+CHECKLIST_DOMAINS: tuple[str, ...] = _checklist_domains()
+CHECKLIST_FEATURES: tuple[str, ...] = tuple(f"checklist_{d}" for d in CHECKLIST_DOMAINS)
 
 FEATURE_NAMES: tuple[str, ...] = (
     "session",
@@ -64,6 +79,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "risk_item_ever",
     "other_severity_latest",
     "days_since_intake",
+    *CHECKLIST_FEATURES,
 )
 
 DEFAULT_AT: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
@@ -275,10 +291,26 @@ def point_in_time(sessions: Columns, instrument: str = "PHQ-9",
     else:
         day = np.full(len(score), np.nan)
 
+    # Support checklist: the rating of each domain on the rows of a support instrument.
+    support = None
+    for code in sorted(present):
+        ci = REGISTRY[code]
+        if ci.role is not Role.SUPPORT:
+            continue
+        rows = inst == reg.index[code]
+        if not rows.any():
+            continue
+        if support is None:
+            support = np.full((len(score), len(CHECKLIST_DOMAINS)), np.nan)
+        for k, dom in enumerate(ci.domains, start=1):
+            if f"item_{k}" in sessions:
+                j = CHECKLIST_DOMAINS.index(dom)
+                support[rows, j] = floats(f"item_{k}")[keep][rows]
+
     allied = np.array([reg.index[c] for c in _alliance_codes(alliance, present)], dtype=np.int64)
     values, q_client, q_session = _features_from_arrays(
         client, session, inst, score, risk, day, primary=reg.index[instrument],
-        alliance=allied, at=at_arr)
+        alliance=allied, at=at_arr, support=support)
     index = pd.RangeIndex(len(values))
     X = pd.DataFrame(values, columns=_feature_columns(), index=index, copy=False)
     keys = pd.DataFrame({"client_id": take_ids(q_client), "session": q_session}, index=index,
@@ -356,7 +388,8 @@ def _at(grid: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
 
 def _features_from_arrays(client: np.ndarray, session: np.ndarray, inst: np.ndarray,
                           score: np.ndarray, risk: np.ndarray, day: np.ndarray, *,
-                          primary: int, alliance: np.ndarray, at: np.ndarray | None
+                          primary: int, alliance: np.ndarray, at: np.ndarray | None,
+                          support: np.ndarray | None = None
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The feature core on plain arrays, one entry per input row (any order).
 
@@ -364,16 +397,17 @@ def _features_from_arrays(client: np.ndarray, session: np.ndarray, inst: np.ndar
     score: float (NaN = not scored); risk: max risk-item answer of the row (NaN = none);
     day: date in days (NaN = unknown); primary: registry position of the primary instrument;
     alliance: registry positions of alliance instruments in priority order; at: sorted
-    sessions to report (None = each client's latest primary score).
+    sessions to report (None = each client's latest primary score); support: None, or
+    (rows, len(CHECKLIST_DOMAINS)) checklist ratings (NaN = not rated on that row).
 
     Returns (values (Q, len(FEATURE_NAMES)), client code per row, session per row), rows
     ordered by client code then session.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _core(client, session, inst, score, risk, day, primary, alliance, at)
+        return _core(client, session, inst, score, risk, day, primary, alliance, at, support)
 
 
-def _core(client, session, inst, score, risk, day, primary, alliance, at):
+def _core(client, session, inst, score, risk, day, primary, alliance, at, support=None):
     reg = _reg()
     nf = len(FEATURE_NAMES)
     empty = (np.empty((0, nf)), np.empty(0, np.int64), np.empty(0, np.int64))
@@ -388,6 +422,8 @@ def _core(client, session, inst, score, risk, day, primary, alliance, at):
         order = np.argsort(key, kind="stable")
         key, client, session = key[order], client[order], session[order]
         inst, score, risk, day = inst[order], score[order], risk[order], day[order]
+        if support is not None:
+            support = support[order]
 
     n = len(key)
     new_cell = np.empty(n, dtype=bool)
@@ -557,5 +593,12 @@ def _core(client, session, inst, score, risk, day, primary, alliance, at):
     out[:, _COL["risk_item_ever"]] = np.where(np.isnan(ever), np.nan, (ever > 0) * 1.0)
     out[:, _COL["other_severity_latest"]] = _at(Oth, q_seg, _ffill_index(~np.isnan(Oth))[q_seg, q_col])
     out[:, _COL["days_since_intake"]] = D[q_seg, q_col] - D[np.arange(n_seg), first][q_seg]
+
+    # ---- clinical-support checklist: latest rating per domain at or before t ---------------
+    if support is not None:
+        for j, name in enumerate(CHECKLIST_FEATURES):
+            rated = ~np.isnan(support[:, j])
+            G = scatter(rated, support[:, j], "support checklist")
+            out[:, _COL[name]] = _at(G, q_seg, _ffill_index(~np.isnan(G))[q_seg, q_col])
 
     return out, seg_client[q_seg], t.astype(np.int64)

@@ -202,6 +202,25 @@ def _risk_ever(v, inst, row):
             else "The risk item has always been answered zero")
 
 
+_RATING_WORDS = ("not a problem", "a little of a problem", "somewhat of a problem",
+                 "a lot of a problem", "very much a problem")
+_DOMAIN_WORDS = {"alliance_repair": "how therapy is going (the alliance)",
+                 "motivation": "motivation and goals", "social_support": "social support",
+                 "life_events": "recent life events",
+                 "medication_review": "whether medication needs reviewing"}
+
+
+def _checklist(domain: str) -> Template:
+    def text(v, inst, row):
+        what = _DOMAIN_WORDS.get(domain, domain.replace("_", " "))
+        if not np.isfinite(v):
+            return f"No clinical-support checklist rating of {what} yet"
+        k = int(min(max(round(v), 0), len(_RATING_WORDS) - 1))
+        return f"On the clinical-support checklist the client rated {what} {_RATING_WORDS[k]} " \
+               f"({_n(v)} of 4)"
+    return text
+
+
 @dataclass(frozen=True)
 class FeatureText:
     concept: str
@@ -211,6 +230,7 @@ class FeatureText:
 SYMPTOM_CHANGE, SEVERITY, PROGRESS = "symptom change", "severity", "progress vs expected"
 ALLIANCE, ATTENDANCE, STABILITY, RISK, TIME = ("alliance", "attendance", "score stability",
                                                "risk items", "time in treatment")
+SUPPORT = "clinical-support checklist"
 
 TEMPLATES: dict[str, FeatureText] = {
     "session": FeatureText(TIME, _session),
@@ -239,6 +259,7 @@ TEMPLATES: dict[str, FeatureText] = {
     "alliance_n": FeatureText(ALLIANCE, _alliance_n),
     "risk_item_latest": FeatureText(RISK, _risk_latest),
     "risk_item_ever": FeatureText(RISK, _risk_ever),
+    **{f"checklist_{d}": FeatureText(SUPPORT, _checklist(d)) for d in _DOMAIN_WORDS},
 }
 
 

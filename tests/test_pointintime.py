@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.pointintime import (
+    CHECKLIST_FEATURES,
     FEATURE_NAMES,
     FEATURE_VERSION,
     FeatureMismatchError,
@@ -150,6 +151,7 @@ def test_hand_computed_four_sessions():
         "max_gap": 2, "alliance_latest": 0.9, "alliance_min": 0.85, "alliance_drop": -0.05,
         "alliance_below_cutoff": 0, "alliance_n": 3, "risk_item_latest": np.nan,
         "risk_item_ever": 1, "other_severity_latest": 9 / 21, "days_since_intake": 28,
+        **{name: np.nan for name in CHECKLIST_FEATURES},  # no checklist given
     }
     assert set(expected) == set(FEATURE_NAMES)
     for name, value in expected.items():
@@ -372,3 +374,27 @@ def test_check_features_readable_diff():
     assert "unexpected (1): shoe_size" in msg
     assert "reordered" in msg and "session" in msg and "n_scores" in msg
     assert err.value.missing == ("slope_log",) and err.value.unexpected == ("shoe_size",)
+
+
+def test_checklist_latest_rating_as_of_each_session():
+    """CSC given at session 2 (1, 3, 0, 2, 4) and session 4 (0, 1, 0, 4, 2): as of session 1
+    every rating is NaN, as of 2 the first checklist, as of 4 and 5 the second; nothing given
+    later enters an earlier row, and one client alone equals the same client in a batch."""
+    rows = HAND + [("a", 2, "CSC", 10, "2024-01-08"), ("a", 4, "CSC", 7, "2024-01-22")]
+    items = dict(HAND_ITEMS)
+    items[len(HAND)] = {f"item_{k + 1}": v for k, v in enumerate((1, 3, 0, 2, 4))}
+    items[len(HAND) + 1] = {f"item_{k + 1}": v for k, v in enumerate((0, 1, 0, 4, 2))}
+    ff = point_in_time(frame(rows, items))
+    got = ff.X[list(CHECKLIST_FEATURES)].to_numpy()
+    assert ff.keys["session"].tolist() == [1, 2, 4, 5]
+    assert np.isnan(got[0]).all()
+    assert got[1].tolist() == [1, 3, 0, 2, 4]
+    assert got[2].tolist() == [0, 1, 0, 4, 2] and got[3].tolist() == [0, 1, 0, 4, 2]
+    # the checklist does not change any other feature
+    base = point_in_time(frame(HAND, HAND_ITEMS)).X.drop(columns=list(CHECKLIST_FEATURES))
+    pd.testing.assert_frame_equal(ff.X.drop(columns=list(CHECKLIST_FEATURES)), base)
+    # batch invariance: the same client among others
+    other = [("b", 1, "PHQ-9", 10), ("b", 2, "CSC", 20), ("b", 2, "PHQ-9", 11)]
+    batch = point_in_time(frame(rows + other, items))
+    a = batch.X[batch.keys["client_id"] == "a"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, ff.X)
