@@ -305,3 +305,43 @@ def test_counterfactuals_use_common_random_numbers():
         pd.testing.assert_series_equal(got["failed"], ref["failed"], check_names=False)
     # and adaptations do change outcomes for some eligible clients
     assert (wide[elig.reindex(wide.index)].nunique(axis=1) > 1).mean() > 0.2
+
+
+# ------------------------------------------------------------------------------------------
+# Clinical-support checklist and the size of the adaptation effects
+# ------------------------------------------------------------------------------------------
+def test_checklist_is_given_at_the_decision_session_with_the_anchored_accuracy(cohort):
+    """One CSC row per client with an observed decision, at that session; a rating >= 2 flags
+    the domain with sensitivity about 0.83 and specificity about 0.92 (the PHQ-2 anchor,
+    Kroenke et al. 2003; params.csc_shift / csc_cuts)."""
+    s = cohort.sessions
+    csc = s[s["instrument"] == "CSC"].set_index("client_id")
+    obs = cohort.observed
+    decided = pd.Series(obs.option_slot, index=cohort.layout.client_id)[obs.option >= 0]
+    assert csc.index.is_unique
+    assert len(csc) >= 0.99 * len(decided)
+    assert (csc["session"] == decided.reindex(csc.index)).all()
+    items = csc[[f"item_{k}" for k in range(1, 6)]].to_numpy()
+    assert (csc["score"].to_numpy() == items.sum(axis=1)).all()
+    doms = cohort.truth.set_index("client_id")["domains"].reindex(csc.index).fillna("")
+    for k, name in enumerate(("alliance", "motivation", "social_support", "life_events",
+                              "medication")):
+        has = doms.str.contains(name).to_numpy()
+        sens, spec = (items[has, k] >= 2).mean(), (items[~has, k] < 2).mean()
+        assert 0.78 < sens < 0.88 and 0.90 < spec < 0.94, (name, sens, spec)
+
+
+def test_adaptation_effect_matches_the_published_range():
+    """Feedback with clinical support tools for not-on-track clients: g = 0.36-0.53 (Barkham
+    et al. 2023). Among flagged clients, the truly best adaptation vs none moves the last
+    PHQ-9 score by g (mean difference / SD of the last score under none) in 0.30-0.53."""
+    coh = simulate_cohort(8000, seed=12, oracle_clients=0)
+    cf = counterfactual_outcomes(coh)
+    cf = cf[cf["eligible"]]
+    wide = cf.pivot(index="client_id", columns="option", values="last_phq")
+    best = coh.truth.set_index("client_id")["best_adaptation"].reindex(wide.index)
+    pick = best.where(best != "any", "none").to_numpy(dtype=object)
+    col = wide.columns.get_indexer(pick)
+    under_best = wide.to_numpy()[np.arange(len(wide)), col]
+    g = np.nanmean(wide["none"].to_numpy() - under_best) / np.nanstd(wide["none"].to_numpy())
+    assert 0.30 <= g <= 0.53, g

@@ -245,6 +245,39 @@ def build_tables(lay: Layout, obs: Observed, pk: Packed, rng: np.random.Generato
     return sessions, clients, adaptations
 
 
+CSC = "CSC"
+
+
+def add_checklist(sessions: pd.DataFrame, lay: Layout, obs: Observed, bits: np.ndarray,
+                  p: Params, rng: np.random.Generator) -> pd.DataFrame:
+    """``sessions`` plus one clinical-support checklist row (CSC) per client at the decision
+    session (the first session the simulated therapist found the client off track).
+
+    Item k rates domain k: ``csc_shift * (has the domain) + N(0, 1)`` cut at ``csc_cuts``
+    (see `Params`). The draws come from their own stream, so the checklist never changes a
+    course and is the same under every counterfactual option.
+    """
+    z = rng.standard_normal((len(bits), N_DOM))
+    has = ((bits[:, None] >> np.arange(N_DOM)[None, :]) & 1).astype(float)
+    ratings = np.digitize(p.csc_shift * has + z, np.asarray(p.csc_cuts)).astype(float)
+    ci = np.flatnonzero(obs.option >= 0)
+    if not len(ci):
+        return sessions
+    prim = sessions.loc[sessions["instrument"] == PHQ]
+    at = pd.MultiIndex.from_arrays([pd.array(lay.client_id[ci], dtype="string"),
+                                    obs.option_slot[ci].astype(np.int64)])
+    src = prim.set_index(["client_id", "session"])
+    found = at.isin(src.index)  # the decision is made at an attended session
+    ci, at = ci[found], at[found]
+    rows = src.loc[at, ["date", "clinic_id", "therapist_id"]].reset_index()
+    rows["instrument"] = pd.array([CSC] * len(rows), dtype="string")
+    rows["score"] = ratings[ci].sum(axis=1)
+    for j in range(9):
+        rows[f"item_{j + 1}"] = ratings[ci, j] if j < N_DOM else np.nan
+    out = pd.concat([sessions, rows[sessions.columns]], ignore_index=True)
+    return out.sort_values(["client_id", "session"], kind="stable", ignore_index=True)
+
+
 def domain_labels(bits: np.ndarray) -> np.ndarray:
     out = np.full(len(bits), "", dtype=object)
     for j, name in enumerate(DOMAINS):
@@ -305,6 +338,8 @@ def simulate_cohort(n_clients: int, seed: int, oracle_clients: int = 5000,
     obs = observe(courses, lay)
     item_rng = np.random.default_rng([seed, 1])
     sessions, clients, adaptations = build_tables(lay, obs, pk, item_rng)
+    sessions = add_checklist(sessions, lay, obs, courses.domains, p,
+                             np.random.default_rng([seed, 3]))
     tg = targets(sessions, clients).reindex(pd.Index(lay.client_id, name="client_id"))
     truth = pd.DataFrame({
         "client_id": pd.array(lay.client_id, dtype="string"),

@@ -160,12 +160,24 @@ class Params:
     prop_z_life_events: float = 0.9  # life_events when the last slot was missed
     prop_z_medication: float = 0.9  # medication_review when PHQ-9 >= 20
     prop_z_change: float = 0.7  # change_approach when PHQ-9 is not below intake
-    # --- adaptation effects (assumed sizes: feedback with clinical support tools for
-    # not-on-track cases g = 0.36-0.53, Barkham et al. 2023; about 2-3 PHQ-9 points) ---
-    adapt_generic: float = 0.08
-    adapt_matched: tuple[float, ...] = (0.30, 0.30, 0.35, 0.30, 0.45, 0.40)
+    # --- adaptation effects (calibrated: feedback with clinical support tools for
+    # not-on-track cases g = 0.36-0.53, Barkham et al. 2023). Calibrated to the lower end:
+    # among flagged clients, the truly best adaptation vs none moves the last PHQ-9 score by
+    # g = 0.36 of its SD (about 2.6 points; tests/test_simulator.py checks 0.30-0.53).
+    # The first version (0.08 / 0.30-0.45) gave g = 0.19, half the published lower end. ---
+    adapt_generic: float = 0.16
+    adapt_matched: tuple[float, ...] = (0.60, 0.60, 0.70, 0.60, 0.90, 0.80)
     adapt_alliance_boost: float = 0.7  # A gain after alliance repair for alliance problems
     adapt_ramp: float = 2.0  # sessions until the full effect
+    # --- clinical-support checklist (CSC, features/instruments.py), given at the decision
+    # session; one item per domain (the first five adaptations), rating 0-4 = the latent
+    # csc_shift * (has the domain) + N(0, 1) cut at csc_cuts. Assumed accuracy, anchored on a
+    # brief screener: a rating >= 2 flags the domain with sensitivity 0.83 and specificity
+    # 0.92, as the PHQ-2 at >= 3 does for major depression (Kroenke, Spitzer & Williams 2003,
+    # Med Care 41:1284): cut 1.405 = z(0.92), shift 1.405 + z(0.83) = 2.36. The simulated
+    # therapists do not read it (their choices and propensities are unchanged). ---
+    csc_shift: float = 2.36
+    csc_cuts: tuple[float, ...] = (0.5, 1.405, 2.3, 3.2)
     # --- course ---
     max_slots: int = MAX_SLOTS
     # --- cohort layout ---
