@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.instruments import Instrument, get
+from features.instruments import REGISTRY, Instrument, Role, get
+from models.explain import TEMPLATES
 
 SOURCE = "clinical-support rules (Lambert ASC; Trier Treatment Navigator)"
 
@@ -38,6 +39,27 @@ CRISIS_PROMPTS = (
     "If there is immediate danger, follow your local crisis pathway (emergency services or "
     "crisis team).",
 )
+
+
+#: Checklist domain -> the rating from which it counts as a problem (registry item_cutoff).
+CHECKLIST_CUTOFF: dict[str, float] = {
+    d: float(i.item_cutoff) for i in REGISTRY.values()
+    if i.role is Role.SUPPORT and i.item_cutoff is not None for d in i.domains}
+#: The conversation prompt of each adaptation (shared with the learned recommender).
+PROMPTS = {
+    "alliance_repair": "Consider asking the client how the sessions are working for them, and "
+                       "what you could do differently.",
+    "motivation": "Consider revisiting the client's goals for therapy and what might get in "
+                  "the way of coming to sessions.",
+    "social_support": "Consider exploring who the client can turn to for support between "
+                      "sessions.",
+    "life_events": "Consider asking whether anything has happened in the client's life "
+                   "recently that could explain the setback.",
+    "medication_review": "Consider discussing a medication review with the client and their "
+                         "prescriber.",
+    "change_approach": "Consider discussing with the client, and in supervision, whether a "
+                       "different approach or focus might fit better.",
+}
 
 
 def _f(row: dict, name: str) -> float:
@@ -61,6 +83,17 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
     not_on_track = signal in {"red", "yellow"} or bool(at_risk)
     session = _f(row, "session")
 
+    # Clinical-support checklist (as in Lambert's clinical support tools): every domain the
+    # client rated a problem, the highest rating first.
+    for domain, cut in CHECKLIST_CUTOFF.items():
+        v = _f(row, f"checklist_{domain}")
+        if np.isfinite(v) and v >= cut:
+            said = TEMPLATES[f"checklist_{domain}"].template(v, inst, row)
+            out.append(Suggestion(
+                domain, PROMPTS[domain],
+                f"{said}, at or above the checklist's cut-off of {cut:.0f}.",
+                priority=int(9 - min(v, 4)), evidence={f"checklist_{domain}": v}))
+
     below = _f(row, "alliance_below_cutoff") == 1
     drop = _f(row, "alliance_drop") > 0 if alliance_drop is None else bool(alliance_drop)
     if below or drop:
@@ -71,8 +104,7 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
             why.append("the alliance rating dropped since the previous session")
         out.append(Suggestion(
             "alliance_repair",
-            "Consider asking the client how the sessions are working for them, and what you "
-            "could do differently.",
+            PROMPTS["alliance_repair"],
             "; ".join(why).capitalize() + ". A lower or falling alliance is linked to worse "
             "outcomes and dropout (Flückiger et al. 2018).",
             priority=10 if not_on_track else 20,
@@ -88,8 +120,7 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
             bits.append(f"an estimated {100 * p_dropout:.0f}% chance of ending early")
         out.append(Suggestion(
             "motivation",
-            "Consider revisiting the client's goals for therapy and what might get in the way "
-            "of coming to sessions.",
+            PROMPTS["motivation"],
             ("Signs of lower engagement: " + ", ".join(bits) + ".") if bits else
             "Signs of lower engagement.",
             priority=15 if not_on_track else 30,
@@ -99,8 +130,7 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
     if lost >= 1:
         out.append(Suggestion(
             "life_events",
-            "Consider asking whether anything has happened in the client's life recently that "
-            "could explain the setback.",
+            PROMPTS["life_events"],
             f"{inst.code} had improved earlier and has since lost a reliable amount of that "
             "gain, a pattern often seen after a life event.",
             priority=12 if not_on_track else 25,
@@ -110,7 +140,7 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
     if not_on_track and stalled and not (below or drop):
         out.append(Suggestion(
             "social_support",
-            "Consider exploring who the client can turn to for support between sessions.",
+            PROMPTS["social_support"],
             f"Little change on {inst.code} by session {int(session)} while the alliance looks "
             "adequate; low social support is one of the domains that often explains a stall.",
             priority=35, evidence={"change_rc": _f(row, "change_rc")}))
@@ -119,7 +149,7 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
     if not_on_track and severe and session >= 4:
         out.append(Suggestion(
             "medication_review",
-            "Consider discussing a medication review with the client and their prescriber.",
+            PROMPTS["medication_review"],
             f"{inst.code} is still in the severe range at session {int(session)} and progress "
             "is behind the expected course.",
             priority=30, evidence={"latest_severity": _f(row, "latest_severity")}))
@@ -127,11 +157,12 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
     if signal == "red" and session >= 6:
         out.append(Suggestion(
             "change_approach",
-            "Consider discussing with the client, and in supervision, whether a different "
-            "approach or focus might fit better.",
+            PROMPTS["change_approach"],
             f"Progress on {inst.code} has been beyond the expected-course boundary at "
             f"session {int(session)}.",
             priority=40, evidence={"signal": signal}))
 
     out.sort(key=lambda s: s.priority)
-    return out
+    seen: set[str] = set()  # one suggestion per adaptation: the highest-priority reason
+    return [s for s in out if s.adaptation == "safety"
+            or not (s.adaptation in seen or seen.add(s.adaptation))]

@@ -69,6 +69,25 @@ def test_lost_gain_suggests_life_events():
     assert "life_events" in [s.adaptation for s in out]
 
 
+def test_checklist_ratings_prompt_their_domains_highest_first():
+    """Clinical-support checklist (registry item cut-off 2): every domain rated at or above it
+    is suggested, the highest rating first; each adaptation appears once."""
+    row = _row(checklist_social_support=4.0, checklist_motivation=2.0, checklist_life_events=1.0,
+               checklist_alliance_repair=0.0, checklist_medication_review=np.nan,
+               alliance_below_cutoff=1)
+    out = rule_suggestions(row, "PHQ-9", "red", None, None, "clear", True)
+    codes = [s.adaptation for s in out]
+    assert codes[:2] == ["social_support", "motivation"]
+    assert "life_events" not in codes[:3] and len(codes) == len(set(codes))
+    assert "4 of 4" in out[0].rationale and "checklist" in out[0].rationale
+    assert out[0].prompt.startswith("Consider")
+    assert not BANNED.search(out[0].prompt + out[0].rationale)
+    # no checklist: the same rules as before it
+    plain = rule_suggestions(_row(alliance_below_cutoff=1), "PHQ-9", "red", None, None,
+                             "clear", True)
+    assert plain[0].adaptation == "alliance_repair"
+
+
 def test_built_assessments_validate_against_their_schema(tmp_path):
     """models/assess.py builds response objects without re-validating them: every field must
     be present and of the declared type, for every kind of client."""
