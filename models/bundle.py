@@ -41,7 +41,7 @@ class InstrumentModels:
     navigator: Any | None  # models.neighbours.NeighbourNavigator
     population: Population
     validation: dict[str, Any] = field(default_factory=dict)
-    recommender: Any | None = None  # models.recommender.UpliftGBM (None: rules only)
+    recommender: Any | None = None  # models.recommender.RLearnerUplift (None: rules only)
 
 
 @dataclass

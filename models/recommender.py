@@ -36,6 +36,7 @@ no ids.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -51,7 +52,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from features.instruments import ADAPTATIONS, get
+from features.pointintime import CHECKLIST_FEATURES
 from models.explain import TEMPLATES
+from models.suggestions import PROMPTS as RULE_PROMPTS
 
 #: Options at a decision point: no adaptation + the contract's adaptation codes.
 OPTIONS: tuple[str, ...] = ("none", *ADAPTATIONS)
@@ -63,31 +66,18 @@ Z95 = 1.959963984540054
 DEFAULT_MATCH_FEATURES: tuple[str, ...] = (
     "session", "intake_severity", "latest_severity", "change_rc", "slope_log",
     "sessions_missed", "max_gap", "alliance_latest", "alliance_min", "alliance_drop",
-    "other_severity_latest",
+    "other_severity_latest", *CHECKLIST_FEATURES,
 )
 PROPENSITY_FEATURES: tuple[str, ...] = (
     "session", "latest_score", "latest_severity", "change_rc", "slope_log", "sessions_missed",
-    "max_gap", "alliance_latest", "alliance_drop", "alliance_below_cutoff",
+    "max_gap", "alliance_latest", "alliance_drop", "alliance_below_cutoff", *CHECKLIST_FEATURES,
 )
 LABELS = {
     "alliance_repair": "alliance repair", "motivation": "work on motivation and goals",
     "social_support": "work on social support", "life_events": "attention to life events",
     "medication_review": "a medication review", "change_approach": "a change of approach",
 }
-PROMPTS = {
-    "alliance_repair": "Consider asking the client how the sessions are working for them, and "
-                       "what you could do differently.",
-    "motivation": "Consider revisiting the client's goals for therapy and what might get in the "
-                  "way of coming to sessions.",
-    "social_support": "Consider exploring who the client can turn to for support between "
-                      "sessions.",
-    "life_events": "Consider asking whether anything has happened in the client's life recently "
-                   "that could explain the setback.",
-    "medication_review": "Consider discussing a medication review with the client and their "
-                         "prescriber.",
-    "change_approach": "Consider discussing with the client, and in supervision, whether a "
-                       "different approach or focus might fit better.",
-}
+PROMPTS = RULE_PROMPTS  # one wording per adaptation, shared with the rules
 SOURCE = "learned: similar clients (observational comparison)"
 
 
@@ -524,13 +514,176 @@ class UpliftGBM(_SimilarClients, BaseEstimator):
                     text = (TEMPLATES[name].template(row[name], inst, row)
                             if name in TEMPLATES else name)
                     way = "raises" if c[i, f] > 0 else "lowers"
-                    out[i][j].append(f"{text[0].lower() + text[1:]} ({way} the estimated gain)")
+                    out[i][j].append(f"{_clause(text)} ({way} the estimated gain)")
         return out
 
     def recommend(self, X: pd.DataFrame, top: int | None = 3) -> list[Recommendation]:
         idx = self.neighbours(X)
         return self._rank(X, self._gains(X, idx), self._drivers(X), idx, self.method_label,
                           top)
+
+
+# ------------------------------------------------------------------------------------------
+class RLearnerUplift(_SimilarClients, BaseEstimator):
+    """R-learner with penalised linear effects (Nie & Wager 2021, Biometrika 108:299).
+
+    Robinson's decomposition, one arm per adaptation: with ``m(x)`` an out-of-fold LightGBM of
+    the improvement (intake to last score, reliable-change units) and ``e(x)`` the propensities,
+    the residual ``z - m(x)`` is regressed on ``(1[A = a] - e_a(x)) * b(x)`` for every
+    adaptation a, where ``b(x)`` = 1, the standardised decision-row features and, for each
+    checklist item, the steps "rated at least k" (k = 1..4; a domain is present or not, so its
+    effect is a step in the rating, not a line). ``tau_a(x) = b(x) . beta_a`` is the effect
+    of adaptation a against none. The L1 penalty is chosen by 5-fold cross-validation of this
+    R-loss on the training rows (``alpha=None``), never on outcomes the evaluation sees.
+    Known propensities make the estimate unbiased for any ``m``; ``m`` only removes noise.
+
+    Drivers are exact SHAP values of the linear effect: ``beta_a,f * (x_f - mean_f)``,
+    summed per decision-row feature, in clinical words.
+    """
+
+    method_label = "R-learner (penalised linear effects)"
+
+    def __init__(self, instrument: str = "PHQ-9", n_neighbors: int = 400,
+                 match_features: Sequence[str] | None = None, alpha: float | None = None,
+                 baseline_estimators: int = 150, min_similar: int = MIN_SIMILAR,
+                 random_state: int = 0):
+        self.instrument = instrument
+        self.n_neighbors = n_neighbors
+        self.match_features = match_features
+        self.alpha = alpha
+        self.baseline_estimators = baseline_estimators
+        self.min_similar = min_similar
+        self.random_state = random_state
+
+    def _raw_basis(self, X: pd.DataFrame) -> np.ndarray:
+        M = X[list(self.feature_names_)].to_numpy(float)
+        steps = []
+        for j in self.step_columns_:
+            v = M[:, j:j + 1]
+            steps.append(np.where(np.isfinite(v), (v >= np.arange(1, 5)[None, :]) * 1.0,
+                                  np.nan))
+        return np.column_stack([M, *steps]) if steps else M
+
+    def _basis(self, X: pd.DataFrame) -> np.ndarray:
+        Z = (self._raw_basis(X) - self.mean_b_) / self.scale_b_
+        return np.where(np.isfinite(Z), Z, 0.0)  # missing -> the archive mean
+
+    def fit(self, X: pd.DataFrame, treatment, outcome, propensity, improvement=None
+            ) -> RLearnerUplift:
+        """As `UpliftGBM.fit`."""
+        from sklearn.linear_model import Lasso, LassoCV
+
+        self._fit_similar(X, treatment, outcome, propensity)
+        y = np.asarray(outcome, float)
+        z = y if improvement is None else np.asarray(improvement, float)
+        keep = np.isfinite(y) & np.isfinite(z)
+        self.feature_names_ = tuple(X.columns)
+        self.step_columns_ = tuple(j for j, c in enumerate(self.feature_names_)
+                                   if c in CHECKLIST_FEATURES)
+        self.basis_names_ = self.feature_names_ + tuple(
+            self.feature_names_[j] for j in self.step_columns_ for _ in range(4))
+        M = X.to_numpy(float)[keep]
+        z, A, P = z[keep], _codes(treatment)[keep], np.asarray(propensity, float)[keep]
+        for a in range(1, len(OPTIONS)):
+            if (A == a).sum() < 4 * self.min_similar:
+                raise ValueError(f"only {int((A == a).sum())} archived clients received "
+                                 f"{OPTIONS[a]}")
+        self.target_ = "outcome" if improvement is None else "improvement_rc"
+        fold = np.random.default_rng(self.random_state).integers(0, 3, len(z))
+        m = np.zeros(len(z))
+        for g in range(3):
+            b = self._baseline().fit(M[fold != g], z[fold != g])
+            m[fold == g] = b.predict(M[fold == g])
+        self.baseline_ = self._baseline().fit(M, z)
+        r = z - m
+        self.sigma_ = float(np.std(r))
+        raw = self._raw_basis(X.loc[keep])
+        raw = np.where(np.isfinite(raw), raw, np.nan)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column
+            mu, sd = np.nanmean(raw, axis=0), np.nanstd(raw, axis=0)
+        self.mean_b_ = np.where(np.isfinite(mu), mu, 0.0)
+        self.scale_b_ = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+        B1 = np.column_stack([np.ones(len(z)), self._basis(X.loc[keep])])
+        T = np.eye(len(OPTIONS))[A][:, 1:] - P[:, 1:]
+        F = (T[:, :, None] * B1[:, None, :]).reshape(len(z), -1)
+        if self.alpha is None:
+            lasso = LassoCV(fit_intercept=False, cv=5, alphas=30, max_iter=5000, tol=1e-3,
+                            random_state=self.random_state, n_jobs=1).fit(F, r)
+            self.alpha_ = float(lasso.alpha_)
+        else:
+            lasso = Lasso(alpha=self.alpha, fit_intercept=False, max_iter=5000, tol=1e-3).fit(F, r)
+            self.alpha_ = float(self.alpha)
+        self.coef_ = lasso.coef_.reshape(len(ADAPTATIONS), B1.shape[1])
+        self.mean_propensity_ = P[:, 1:].mean(axis=0)
+        return self
+
+    def _baseline(self) -> LGBMRegressor:
+        return LGBMRegressor(n_estimators=self.baseline_estimators, num_leaves=15,
+                             min_child_samples=50, learning_rate=0.05, subsample=0.8,
+                             subsample_freq=1, colsample_bytree=0.8,
+                             random_state=self.random_state, n_jobs=1, verbose=-1,
+                             deterministic=True, force_row_wise=True)
+
+    def effects(self, X: pd.DataFrame) -> np.ndarray:
+        """tau_a(x): effect of each adaptation against none on the improvement, in
+        reliable-change units (or on the 0/1 outcome), (n, len(ADAPTATIONS))."""
+        check_is_fitted(self, "coef_")
+        B = self._basis(X)
+        return self.coef_[:, 0][None, :] + B @ self.coef_[:, 1:].T
+
+    def _gains(self, X: pd.DataFrame, idx: np.ndarray | None = None) -> np.ndarray:
+        tau = self.effects(X)
+        if self.target_ == "outcome":
+            return tau
+        m = self.baseline_.booster_.predict(X[list(self.feature_names_)].to_numpy(float))
+        mu0 = m - tau @ self.mean_propensity_  # level without an adaptation (approximately)
+        return (ndtr((mu0[:, None] + tau - 1.0) / self.sigma_)
+                - ndtr((mu0[:, None] - 1.0) / self.sigma_))
+
+    def gains(self, X: pd.DataFrame) -> np.ndarray:
+        return self._gains(X)
+
+    def _drivers(self, X: pd.DataFrame, top: int = 2) -> list[list[list[str]]]:
+        """Per row and adaptation: the decision-row features with the largest exact SHAP
+        contributions to that adaptation's effect, in clinical words."""
+        B = self._basis(X)  # standardised: contribution = beta * z
+        names = np.array(self.basis_names_, dtype=object)
+        base = list(dict.fromkeys(self.basis_names_))
+        groups = np.array([base.index(n) for n in names])
+        inst = get(self.instrument)
+        rows = X[list(self.feature_names_)].to_dict("records")
+        out = [[[] for _ in ADAPTATIONS] for _ in range(len(X))]
+        for j in range(len(ADAPTATIONS)):
+            c = B * self.coef_[j, 1:][None, :]
+            C = np.zeros((len(X), len(base)))
+            np.add.at(C.T, groups, c.T)
+            for i, row in enumerate(rows):
+                for f in np.argsort(-np.abs(C[i]), kind="stable")[:top]:
+                    if abs(C[i, f]) < MIN_DRIVER:
+                        continue
+                    name = base[f]
+                    text = (TEMPLATES[name].template(row[name], inst, row)
+                            if name in TEMPLATES else name)
+                    way = "raises" if C[i, f] > 0 else "lowers"
+                    out[i][j].append(f"{_clause(text)} ({way} the estimated gain)")
+        return out
+
+    def recommend(self, X: pd.DataFrame, top: int | None = 3) -> list[Recommendation]:
+        idx = self.neighbours(X)
+        return self._rank(X, self._gains(X, idx), self._drivers(X), idx, self.method_label,
+                          top)
+
+
+#: Smallest contribution (reliable-change units, about 0.06 PHQ-9 points) worth naming.
+MIN_DRIVER = 0.01
+
+
+def _clause(text: str) -> str:
+    """A sentence as a clause: first letter lower-cased unless it starts an acronym."""
+    if len(text) > 1 and text[1].isupper():
+        return text
+    return text[0].lower() + text[1:]
 
 
 def top_from_gains(gains: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from models.recommender import (
     OPTIONS,
     NeighbourAdvantage,
     PropensityModel,
+    RLearnerUplift,
     UpliftGBM,
     wilson,
 )
@@ -60,7 +61,7 @@ def test_features_are_as_of_the_decision_session(cohort, data):
     pd.testing.assert_frame_equal(again.X, data.X)
 
 
-@pytest.mark.parametrize("cls", [NeighbourAdvantage, UpliftGBM])
+@pytest.mark.parametrize("cls", [NeighbourAdvantage, UpliftGBM, RLearnerUplift])
 def test_never_suggests_from_fewer_similar_cases_than_the_minimum(cls, data):
     model = _fit(cls, data, n_neighbors=60, min_similar=12)
     recs = model.recommend(data.X.iloc[:300], top=None)
@@ -87,7 +88,7 @@ def test_minimum_cannot_be_set_below_ten(data):
         _fit(NeighbourAdvantage, data, min_similar=MIN_SIMILAR - 1)
 
 
-@pytest.mark.parametrize("cls", [NeighbourAdvantage, UpliftGBM])
+@pytest.mark.parametrize("cls", [NeighbourAdvantage, UpliftGBM, RLearnerUplift])
 def test_falls_back_to_the_rules_with_a_stated_reason(cls, data):
     """Too few similar clients received any adaptation: no learned suggestion, a reason."""
     model = _fit(cls, data, n_neighbors=25, min_similar=MIN_SIMILAR)
@@ -102,9 +103,9 @@ def test_falls_back_to_the_rules_with_a_stated_reason(cls, data):
     assert sum(t is None for t in top) == len(fallbacks)
 
 
-@pytest.mark.parametrize("cls", [NeighbourAdvantage, UpliftGBM])
+@pytest.mark.parametrize("cls", [NeighbourAdvantage, UpliftGBM, RLearnerUplift])
 def test_deterministic_for_a_seed(cls, data):
-    kw = {"random_state": 3} if cls is UpliftGBM else {}
+    kw = {"random_state": 3} if cls is not NeighbourAdvantage else {}
     a, b = _fit(cls, data, **kw), _fit(cls, data, **kw)
     X = data.X.iloc[:200]
     np.testing.assert_array_equal(a.gains(X), b.gains(X))
@@ -115,8 +116,9 @@ def test_deterministic_for_a_seed(cls, data):
         [r.suggestions[0].rationale for r in rb if r.suggestions]
 
 
-def test_suggestion_carries_interval_counts_and_wording(data):
-    model = _fit(UpliftGBM, data)
+@pytest.mark.parametrize("cls", [UpliftGBM, RLearnerUplift])
+def test_suggestion_carries_interval_counts_and_wording(cls, data):
+    model = _fit(cls, data)
     rec = next(r for r in model.recommend(data.X.iloc[:50]) if r.suggestions)
     s = rec.suggestions[0]
     assert s.lower <= s.rate_with - s.rate_without <= s.upper
@@ -128,6 +130,26 @@ def test_suggestion_carries_interval_counts_and_wording(data):
     assert s.drivers and all(isinstance(d, str) for d in s.drivers)
     gains = [x.gain for x in rec.suggestions]
     assert gains == sorted(gains, reverse=True)
+
+
+def test_r_learner_finds_the_checklist_domains(data):
+    """The simulator's adaptations help most where the client has the domain; the checklist
+    rates the domains. The R-learner's estimated effect of each checklist domain's adaptation
+    must be larger where the client rated that domain a problem (>= 2) than where not (0)."""
+    model = _fit(RLearnerUplift, data)
+    tau = model.effects(data.X)
+    for j, domain in enumerate(ADAPTATIONS[:5]):
+        rating = data.X[f"checklist_{domain}"].to_numpy()
+        assert tau[rating >= 2, j].mean() > tau[rating == 0, j].mean(), domain
+    # drivers: in words, acronyms kept, and the checklist named where it moved the estimate
+    light = _fit(RLearnerUplift, data, alpha=0.002)  # 5,000 clients: CV penalises hard
+    rows = data.X[data.X["checklist_social_support"] >= 3].iloc[:100]
+    drivers = [r[ADAPTATIONS.index("social_support")] for r in light._drivers(rows)]
+    assert all(isinstance(d, str) and d.endswith("the estimated gain)") for r in drivers
+               for d in r)
+    assert not any(d.startswith("pHQ") for r in drivers for d in r)
+    named = [any("checklist the client rated social support" in d for d in r) for r in drivers]
+    assert np.mean(named) > 0.2
 
 
 def test_wilson_interval_matches_a_worked_example():
@@ -152,6 +174,9 @@ def test_policy_evaluation_small_cohort():
     v = {r.policy: r.value for r in rep.results}
     assert v["oracle_best_counterfactual"] >= max(v[k] for k in v)
     assert v["oracle"] >= v["random"] and v["oracle"] >= v["rules"]
+    # the rules read the checklist: better than the same rules without it
+    assert v["rules"] > v["rules_without_checklist"]
+    assert {"ceiling", "r_learner", "uplift_gbm", "neighbours"} <= set(v)
     assert rep.result("oracle").top_is_best == 1.0
     again = evaluate_policies(4000, seed=5, n_folds=2)
     assert [r.value for r in again.results] == [r.value for r in rep.results]

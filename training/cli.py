@@ -302,7 +302,7 @@ def recommend_eval(
 ) -> None:
     """Policy value of the learned adaptation suggestions against the rules, a random choice
     and the oracle, on a simulated cohort's counterfactual outcomes (docs/recommender.md)."""
-    from training.recommend_eval import POLICY_LABELS, evaluate_policies, log_to_mlflow
+    from training.recommend_eval import LEARNED, POLICY_LABELS, evaluate_policies, log_to_mlflow
 
     with _progress() as bar:
         task = bar.add_task("recommend-eval", total=None)
@@ -317,9 +317,12 @@ def recommend_eval(
                       f"{100 * r.diff_vs_rules:+.2f} ({100 * r.diff_se:.2f})",
                       f"{100 * r.top_is_best:.1f}%")
     console.print(table)
-    for name in ("neighbours", "uplift_gbm"):
+    for name in (*LEARNED, "ceiling"):
         console.print(f"{name}: {100 * rep.gap_closed(name):.0f}% of the rules-to-oracle gap "
-                      f"closed; fell back to the rules for {100 * rep.fallback_share[name]:.1f}%")
+                      f"closed ({100 * rep.gap_closed(name, 'rules_without_checklist'):.0f}% "
+                      "against the rules without the checklist)"
+                      + (f"; fell back to the rules for {100 * rep.fallback_share[name]:.1f}%"
+                         if name in rep.fallback_share else ""))
     if log:
         console.print(f"MLflow run: {log_to_mlflow(rep)}")
 

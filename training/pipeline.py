@@ -237,7 +237,7 @@ def fit_recommender(cohort: Cohort, rows: TrainingRows, settings: Settings):
     or too few cases (the service then shows the rule-based suggestions only)."""
     if cohort.adaptations is None or not len(cohort.adaptations):
         return None
-    from models.recommender import UpliftGBM
+    from models.recommender import RLearnerUplift
     from training.recommend_eval import build_decision_data
 
     own = set(rows.keys["client_id"])
@@ -247,7 +247,8 @@ def fit_recommender(cohort: Cohort, rows: TrainingRows, settings: Settings):
         data = build_decision_data(s, cohort.clients, ad, rows.instrument, seed=settings.seed)
         if np.isfinite(data.outcome).sum() < MIN_DECISION_ROWS:
             return None
-        return UpliftGBM(instrument=rows.instrument, random_state=settings.seed).fit(
+        # the best learned recommender in `ontrack recommend-eval` (docs/recommender.md)
+        return RLearnerUplift(instrument=rows.instrument, random_state=settings.seed).fit(
             data.X, data.treatment, data.outcome, data.propensity, improvement=data.improvement)
     except ValueError:  # too few clients received some option, or no decision rows
         return None

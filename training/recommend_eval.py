@@ -32,7 +32,7 @@ import pandas as pd
 
 from features.change import rc_units, reliable_change
 from features.instruments import REGISTRY, Role, get
-from features.pointintime import point_in_time
+from features.pointintime import CHECKLIST_FEATURES, point_in_time
 from models.recommender import OPTIONS, PropensityModel
 
 
@@ -165,12 +165,16 @@ def build_decision_data(sessions: pd.DataFrame, clients: pd.DataFrame | None,
 # ------------------------------------------------------------------------------------------
 # Policy-value evaluation against the simulator's counterfactuals
 # ------------------------------------------------------------------------------------------
-LEARNED = ("neighbours", "uplift_gbm")
+LEARNED = ("neighbours", "uplift_gbm", "r_learner")
 POLICY_LABELS = {
     "neighbours": "Nearest-neighbour personalised advantage (learned)",
     "uplift_gbm": "Gradient-boosted uplift (learned)",
+    "r_learner": "R-learner, penalised linear effects (learned)",
     "rules": "Clinical-support rules (top rule; a random adaptation when no rule fires)",
     "rules_or_none": "Clinical-support rules (no adaptation when no rule fires)",
+    "rules_without_checklist": "Clinical-support rules without the checklist (the rules "
+                               "before it; a random adaptation when no rule fires)",
+    "ceiling": "Information ceiling: a model supervised on the counterfactuals, same features",
     "random": "Random adaptation (seeded)",
     "observed": "What the simulated therapists chose",
     "oracle": "Oracle: the truly best adaptation (truth.csv best_adaptation)",
@@ -180,12 +184,14 @@ SLOW_NOTE = "the simulator's counterfactuals need the in-memory cohort (its layo
 
 
 def make_recommender(name: str, instrument: str = "PHQ-9", seed: int = 0):
-    from models.recommender import NeighbourAdvantage, UpliftGBM
+    from models.recommender import NeighbourAdvantage, RLearnerUplift, UpliftGBM
 
     if name == "neighbours":
         return NeighbourAdvantage(instrument=instrument)
     if name == "uplift_gbm":
         return UpliftGBM(instrument=instrument, random_state=seed)
+    if name == "r_learner":
+        return RLearnerUplift(instrument=instrument, random_state=seed)
     raise ValueError(name)
 
 
@@ -253,10 +259,10 @@ class EvaluationReport:
     def result(self, policy: str) -> PolicyResult:
         return next(r for r in self.results if r.policy == policy)
 
-    def gap_closed(self, policy: str) -> float:
-        """(value - rules) / (oracle - rules)."""
-        rules, oracle = self.result("rules").value, self.result("oracle").value
-        return (self.result(policy).value - rules) / (oracle - rules)
+    def gap_closed(self, policy: str, baseline: str = "rules") -> float:
+        """(value - baseline) / (oracle - baseline); the baseline is the rules by default."""
+        base, oracle = self.result(baseline).value, self.result("oracle").value
+        return (self.result(policy).value - base) / (oracle - base)
 
 
 def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 2,
@@ -282,7 +288,11 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 2,
     rng = np.random.default_rng([seed, 7])
     random_pick = rng.integers(1, len(OPTIONS), size=n)
     rules = rule_top(data.X, instrument, fallback=random_pick)
+    blank = data.X.copy()
+    blank[[c for c in CHECKLIST_FEATURES if c in blank.columns]] = np.nan
     picks: dict[str, np.ndarray] = {"rules": rules, "rules_or_none": rule_top(data.X, instrument),
+                                    "rules_without_checklist": rule_top(blank, instrument,
+                                                                        fallback=random_pick),
                                     "random": random_pick,
                                     "observed": _codes_of(data.treatment)}
     fallback_share = {}
@@ -294,15 +304,20 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 2,
         arch = simulate_cohort(archive_clients, seed=seed + 1000, oracle_clients=0)
         train = build_decision_data(arch.sessions, arch.clients, arch.adaptations, instrument,
                                     truth=arch.truth, seed=seed)
-        splits = [(train, np.ones(n, dtype=bool))]
+        say("counterfactual outcomes of the archive (for the information ceiling)")
+        splits = [(train, np.ones(n, dtype=bool), counterfactual_reliable(arch, train))]
         design = (f"fitted on a separate archive of {archive_clients:,} simulated clients "
                   f"({len(train):,} decision rows), evaluated on all {n:,} flagged clients")
     else:
         fold = np.random.default_rng([seed, 11]).integers(0, n_folds, size=n)
-        splits = [(data.subset(fold != f), fold == f) for f in range(n_folds)]
+        splits = [(data.subset(fold != f), fold == f, Y[fold != f]) for f in range(n_folds)]
         design = f"{n_folds}-fold cross-fitting by client within the cohort"
+    picks["ceiling"] = np.zeros(n, dtype=np.int64)
+    for f, (train, test, y_train) in enumerate(splits):
+        say(f"information ceiling: fit {f + 1}/{len(splits)}")
+        picks["ceiling"][test] = ceiling_top(train.X, y_train, data.X[test], seed)
     for name in LEARNED:
-        for f, (train, test) in enumerate(splits):
+        for f, (train, test, _) in enumerate(splits):
             say(f"{name}: fit {f + 1}/{len(splits)}")
             model = fit_recommender(name, train, seed)
             top = model.top_adaptation(data.X[test])
@@ -320,8 +335,8 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 2,
     rows = np.arange(n)
     base = Y[rows, picks["rules"]]
     results = []
-    for name in ("oracle_best_counterfactual", "oracle", *LEARNED, "rules", "rules_or_none",
-                 "random", "observed"):
+    for name in ("oracle_best_counterfactual", "oracle", "ceiling", *LEARNED, "rules",
+                 "rules_or_none", "rules_without_checklist", "random", "observed"):
         v = Y[rows, picks[name]]
         d = v - base
         hit = (picks[name] == best_idx) | (any_best & (picks[name] >= 1))
@@ -333,6 +348,30 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 2,
                              "archive_clients": archive_clients, "instrument": instrument,
                              "outcome": "reliably improved, intake to last observed score",
                              "propensities": data.propensity_source})
+
+
+def ceiling_top(X_train: pd.DataFrame, Y_train: np.ndarray, X: pd.DataFrame,
+                seed: int = 0) -> np.ndarray:
+    """The information ceiling: index into OPTIONS of the adaptation a model *supervised on the
+    counterfactual outcomes* picks (per adaptation, a LightGBM of ``Y_a - Y_none``, reliably
+    improved under a minus under none, on the same decision-row features).
+
+    No recommender can see counterfactuals; this one does, so it estimates how much of the
+    rules-to-oracle gap any estimator with the decision-session information can close. The
+    oracle knows the latent domains and trajectory class, which this information only
+    reflects noisily.
+    """
+    from lightgbm import LGBMRegressor
+
+    M, Mx = X_train.to_numpy(float), X.to_numpy(float)
+    ok = np.isfinite(Y_train).all(axis=1)
+    pred = [LGBMRegressor(n_estimators=400, num_leaves=15, learning_rate=0.03,
+                          min_child_samples=100, subsample=0.8, subsample_freq=1,
+                          random_state=seed, n_jobs=1, verbose=-1, deterministic=True,
+                          force_row_wise=True)
+            .fit(M[ok], Y_train[ok, a] - Y_train[ok, 0]).predict(Mx)
+            for a in range(1, len(OPTIONS))]
+    return 1 + np.argmax(np.column_stack(pred), axis=1)
 
 
 def _codes_of(treatment: np.ndarray) -> np.ndarray:
@@ -355,8 +394,11 @@ def log_to_mlflow(report: EvaluationReport) -> str:
             mlflow.log_metric(f"policy_value_{r.policy}", r.value)
             mlflow.log_metric(f"top_is_best_{r.policy}", r.top_is_best)
             mlflow.log_metric(f"policy_value_diff_vs_rules_{r.policy}", r.diff_vs_rules)
-        for name in LEARNED:
+        for name in (*LEARNED, "ceiling"):
             mlflow.log_metric(f"policy_gap_closed_{name}", report.gap_closed(name))
+            mlflow.log_metric(f"policy_gap_closed_vs_rules_without_checklist_{name}",
+                              report.gap_closed(name, "rules_without_checklist"))
+        for name in LEARNED:
             mlflow.log_metric(f"fallback_share_{name}", report.fallback_share[name])
         mlflow.log_metric("n_flagged", report.n_flagged)
         return run.info.run_id
