@@ -419,13 +419,25 @@ def _with_learned(sugg: list, rec, notes: list[str]) -> list[SuggestionOut]:
     out = [SuggestionOut.model_construct(adaptation=g.adaptation, prompt=g.prompt,
                                          rationale=g.rationale, source=g.source)
            for g in sugg if g.adaptation == "safety"]
+    learned: dict[str, SuggestionOut] = {}
     if rec is not None:
-        out += [SuggestionOut.model_construct(adaptation=s.adaptation, prompt=s.prompt,
-                                              rationale=s.rationale, source=SOURCE_LEARNED)
-                for s in rec.suggestions]
+        for s in rec.suggestions:
+            learned[s.adaptation] = SuggestionOut.model_construct(
+                adaptation=s.adaptation, prompt=s.prompt, rationale=s.rationale,
+                source=SOURCE_LEARNED)
+        out += list(learned.values())
     if fallback:
         notes.append(f"Learned suggestions: {fallback}.")
-    for i, g in enumerate(g for g in sugg if g.adaptation != "safety"):
+    rules = []
+    for g in sugg:
+        if g.adaptation == "safety":
+            continue
+        if g.adaptation in learned:  # one entry per adaptation: the rules' reason joins it
+            item = learned[g.adaptation]
+            item.rationale += f" The clinical-support rules point here too: {g.rationale}"
+            continue
+        rules.append(g)
+    for i, g in enumerate(rules):
         why = g.rationale + (f" (Learned suggestions: {fallback}.)" if fallback and i == 0
                              else "")
         out.append(SuggestionOut.model_construct(adaptation=g.adaptation, prompt=g.prompt,

@@ -114,9 +114,10 @@ class LearnedSuggestion:
                 f"of the {self.n_similar} who received {LABELS[self.adaptation]} reliably "
                 f"improved vs {_pct(self.rate_without)} [{_pct(lo_o)}–{_pct(hi_o)}] of the "
                 f"{self.n_without} who did not (difference {100 * (self.rate_with - self.rate_without):+.0f} "
-                f"points [{100 * self.lower:+.0f} to {100 * self.upper:+.0f}], weighted for who "
-                f"received what). Estimated gain for this client ({self.method}): "
-                f"{100 * self.gain:+.0f} points.")
+                f"percentage points [{100 * self.lower:+.0f} to {100 * self.upper:+.0f}], "
+                f"weighted for who received what). Estimated gain in this client's chance of "
+                f"reliable improvement ({self.method}): {100 * self.gain:+.0f} percentage "
+                f"points.")
         if self.drivers:
             text += " What drove it: " + "; ".join(self.drivers) + "."
         return text

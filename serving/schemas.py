@@ -54,7 +54,9 @@ EXAMPLE_INPUT: dict[str, Any] = {
                 {"session": 4, "date": "2025-01-27", "scores": [
                     {"instrument": "PHQ-9", "score": 18, "items": {"9": 0}},
                     {"instrument": "GAD-7", "score": 14},
-                    {"instrument": "SRS", "score": 32.5}]},
+                    {"instrument": "SRS", "score": 32.5},
+                    {"instrument": "CSC", "score": 6,
+                     "items": {"1": 2, "2": 0, "3": 3, "4": 1, "5": 0}}]},
             ],
         },
         {
