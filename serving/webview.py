@@ -65,6 +65,7 @@ HERE = Path(__file__).resolve().parent
 COOKIE = "ontrack_ui"
 _OUTCOME = frozenset(c for c, i in REGISTRY.items() if i.role is Role.OUTCOME)
 _ALLIANCE = frozenset(c for c, i in REGISTRY.items() if i.role is Role.ALLIANCE)
+_SUPPORT = frozenset(c for c, i in REGISTRY.items() if i.role is Role.SUPPORT)
 
 #: Signal colour -> (words, shape): the colour is never the only cue.
 SIGNALS: dict[str, tuple[str, str]] = {
@@ -501,9 +502,31 @@ def _past_course(st: _State, history: pd.DataFrame, instrument: str
     return out
 
 
+def _checklist(a: Any, history: pd.DataFrame) -> dict[str, Any] | None:
+    """The latest clinical-support checklist at or before the assessed session, one line per
+    domain in words (a table, not a chart: the total of a checklist is not a course)."""
+    from models.explain import TEMPLATES
+    from models.suggestions import CHECKLIST_CUTOFF
+
+    h = history[history["instrument"].isin(_SUPPORT) & (history["session"] <= a.session)]
+    if h.empty:
+        return None
+    last = h.sort_values("session").iloc[-1]
+    inst = REGISTRY[last["instrument"]]
+    rows = []
+    for k, domain in enumerate(inst.domains, start=1):
+        v = last.get(f"item_{k}")
+        v = float(v) if v is not None and pd.notna(v) else float("nan")
+        text = TEMPLATES[f"checklist_{domain}"].template(v, REGISTRY[a.instrument], {})
+        rows.append({"domain": domain, "rating": v, "text": text,
+                     "flag": bool(v >= CHECKLIST_CUTOFF.get(domain, float("inf")))})
+    return {"code": inst.code, "name": inst.name, "session": int(last["session"]),
+            "rows": rows, "cutoff": inst.item_cutoff}
+
+
 def _charts(st: _State, a: Any, history: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
-    order = [a.instrument] + sorted(set(history["instrument"]) - {a.instrument},
+    order = [a.instrument] + sorted(set(history["instrument"]) - {a.instrument} - _SUPPORT,
                                     key=lambda c: (c in _ALLIANCE, c))
     for code in order:
         inst = REGISTRY.get(code)
@@ -559,6 +582,7 @@ async def client_page(request: Request) -> Response:
     bars = [charts.Bar(d.concept, d.percentage_points) for d in drivers]
     return _page(request, "client.html", session=s, a=a, row=cl.rows[n], n=n,
                  total=len(cl.assessments), charts=_charts(st, a, history),
+                 checklist=_checklist(a, history),
                  drivers_svg=charts.drivers_svg("chart-drivers", bars) if bars else None,
                  drivers=sorted(drivers, key=lambda d: -abs(d.percentage_points)),
                  fmt=_fmt)

@@ -226,6 +226,27 @@ def test_client_page_charts_are_accessible_svg(demo_browser):
     assert "clinical cut-off" in page
 
 
+def test_checklist_is_listed_in_words_not_charted(demo_browser):
+    """A client with a clinical-support checklist: one line per domain in words, flagged
+    domains marked; the checklist total is never drawn as a course."""
+    rows = _rows(demo_browser.get("/ui/caseload").text)
+    shown = 0
+    for r in rows:
+        page = demo_browser.get(f"/ui/client/{r['n']}").text
+        assert 'id="fig-csc"' not in page and "chart-csc" not in page
+        if 'id="checklist"' not in page:
+            continue
+        shown += 1
+        section = page[page.index('id="checklist"'):page.index('id="why-h"')]
+        items = re.findall(r"<li( class=\"flag\")?>(.*?)</li>", section, re.S)
+        assert len(items) == 5
+        for flagged, text in items:
+            m = re.search(r"\((\d) of 4\)", text)
+            assert "On the clinical-support checklist the client rated" in html.unescape(text)
+            assert bool(flagged) == (int(m.group(1)) >= 2)
+    assert shown > 0, "the simulated demo caseload has clients with a checklist"
+
+
 def test_unknown_client_index_is_404(demo_browser):
     assert demo_browser.get("/ui/client/100000").status_code == 404
 
