@@ -297,7 +297,7 @@ class _SimilarClients:
                 if TEMPLATES.get(name) and TEMPLATES[name].concept in seen:
                     continue
                 seen.add(TEMPLATES[name].concept if name in TEMPLATES else name)
-                words.append(text[0].lower() + text[1:] if text else text)
+                words.append(_clause(text) if text else text)
                 if len(words) == top:
                     break
             out.append([f"similar clients share this one's trait: {w}" for w in words])
@@ -401,8 +401,47 @@ class NeighbourAdvantage(_SimilarClients, BaseEstimator):
         return self._rank(X, self._gains(X, idx), None, idx, self.method_label, top)
 
 
+def _lgbm(n_estimators: int, num_leaves: int, min_child_samples: int, learning_rate: float,
+          seed: int) -> LGBMRegressor:
+    """The recommenders' LightGBM regressor: subsampled, single-threaded, deterministic."""
+    return LGBMRegressor(n_estimators=n_estimators, num_leaves=num_leaves,
+                         min_child_samples=min_child_samples, learning_rate=learning_rate,
+                         subsample=0.8, subsample_freq=1, colsample_bytree=0.8,
+                         random_state=seed, n_jobs=1, verbose=-1, deterministic=True,
+                         force_row_wise=True)
+
+
 # ------------------------------------------------------------------------------------------
-class UpliftGBM(_SimilarClients, BaseEstimator):
+class _ModelDrivers(_SimilarClients):
+    """Estimators whose drivers are a model's contributions (SHAP) per adaptation."""
+
+    def _worded(self, X: pd.DataFrame, names: Sequence[str], contributions: list[np.ndarray],
+                top: int, floor: float) -> list[list[list[str]]]:
+        """Per row and adaptation: the ``top`` largest contributions (at least ``floor``, never
+        zero) of ``contributions[j]`` (rows x ``names``) in clinical words."""
+        inst = get(self.instrument)
+        rows = X[list(self.feature_names_)].to_dict("records")
+        out = [[[] for _ in ADAPTATIONS] for _ in range(len(X))]
+        for j, C in enumerate(contributions):
+            for i, row in enumerate(rows):
+                for f in np.argsort(-np.abs(C[i]), kind="stable")[:top]:
+                    if C[i, f] == 0 or abs(C[i, f]) < floor:
+                        continue
+                    name = names[f]
+                    text = (TEMPLATES[name].template(row[name], inst, row)
+                            if name in TEMPLATES else name)
+                    way = "raises" if C[i, f] > 0 else "lowers"
+                    out[i][j].append(f"{_clause(text)} ({way} the estimated gain)")
+        return out
+
+    def recommend(self, X: pd.DataFrame, top: int | None = 3) -> list[Recommendation]:
+        idx = self.neighbours(X)
+        return self._rank(X, self._gains(X, idx), self._drivers(X), idx, self.method_label,
+                          top)
+
+
+# ------------------------------------------------------------------------------------------
+class UpliftGBM(_ModelDrivers, BaseEstimator):
     """Gradient-boosted uplift: propensity-weighted T-learner on the residuals of a baseline.
 
     Parameters
@@ -435,11 +474,8 @@ class UpliftGBM(_SimilarClients, BaseEstimator):
         self.random_state = random_state
 
     def _booster(self, n_estimators, num_leaves, min_child_samples, learning_rate):
-        return LGBMRegressor(n_estimators=n_estimators, num_leaves=num_leaves,
-                             min_child_samples=min_child_samples, learning_rate=learning_rate,
-                             subsample=0.8, subsample_freq=1, colsample_bytree=0.8,
-                             random_state=self.random_state, n_jobs=1, verbose=-1,
-                             deterministic=True, force_row_wise=True)
+        return _lgbm(n_estimators, num_leaves, min_child_samples, learning_rate,
+                     self.random_state)
 
     def fit(self, X: pd.DataFrame, treatment, outcome, propensity, improvement=None
             ) -> UpliftGBM:
@@ -502,30 +538,13 @@ class UpliftGBM(_SimilarClients, BaseEstimator):
         adaptation's uplift over no adaptation, in clinical words."""
         M = X[list(self.feature_names_)].to_numpy(float)
         c0 = self.uplift_[0].booster_.predict(M, pred_contrib=True)[:, :-1]
-        inst = get(self.instrument)
-        rows = X[list(self.feature_names_)].to_dict("records")
-        out = [[[] for _ in ADAPTATIONS] for _ in range(len(X))]
-        for j in range(len(ADAPTATIONS)):
-            c = self.uplift_[j + 1].booster_.predict(M, pred_contrib=True)[:, :-1] - c0
-            for i, row in enumerate(rows):
-                for f in np.argsort(-np.abs(c[i]), kind="stable")[:top]:
-                    if c[i, f] == 0:
-                        continue
-                    name = self.feature_names_[f]
-                    text = (TEMPLATES[name].template(row[name], inst, row)
-                            if name in TEMPLATES else name)
-                    way = "raises" if c[i, f] > 0 else "lowers"
-                    out[i][j].append(f"{_clause(text)} ({way} the estimated gain)")
-        return out
-
-    def recommend(self, X: pd.DataFrame, top: int | None = 3) -> list[Recommendation]:
-        idx = self.neighbours(X)
-        return self._rank(X, self._gains(X, idx), self._drivers(X), idx, self.method_label,
-                          top)
+        contributions = [self.uplift_[j + 1].booster_.predict(M, pred_contrib=True)[:, :-1] - c0
+                         for j in range(len(ADAPTATIONS))]
+        return self._worded(X, self.feature_names_, contributions, top, floor=0.0)
 
 
 # ------------------------------------------------------------------------------------------
-class RLearnerUplift(_SimilarClients, BaseEstimator):
+class RLearnerUplift(_ModelDrivers, BaseEstimator):
     """R-learner with penalised linear effects (Nie & Wager 2021, Biometrika 108:299).
 
     Robinson's decomposition, one arm per adaptation: with ``m(x)`` an out-of-fold LightGBM of
@@ -620,11 +639,7 @@ class RLearnerUplift(_SimilarClients, BaseEstimator):
         return self
 
     def _baseline(self) -> LGBMRegressor:
-        return LGBMRegressor(n_estimators=self.baseline_estimators, num_leaves=15,
-                             min_child_samples=50, learning_rate=0.05, subsample=0.8,
-                             subsample_freq=1, colsample_bytree=0.8,
-                             random_state=self.random_state, n_jobs=1, verbose=-1,
-                             deterministic=True, force_row_wise=True)
+        return _lgbm(self.baseline_estimators, 15, 50, 0.05, self.random_state)
 
     def effects(self, X: pd.DataFrame) -> np.ndarray:
         """tau_a(x): effect of each adaptation against none on the improvement, in
@@ -652,28 +667,12 @@ class RLearnerUplift(_SimilarClients, BaseEstimator):
         names = np.array(self.basis_names_, dtype=object)
         base = list(dict.fromkeys(self.basis_names_))
         groups = np.array([base.index(n) for n in names])
-        inst = get(self.instrument)
-        rows = X[list(self.feature_names_)].to_dict("records")
-        out = [[[] for _ in ADAPTATIONS] for _ in range(len(X))]
+        contributions = []
         for j in range(len(ADAPTATIONS)):
-            c = B * self.coef_[j, 1:][None, :]
             C = np.zeros((len(X), len(base)))
-            np.add.at(C.T, groups, c.T)
-            for i, row in enumerate(rows):
-                for f in np.argsort(-np.abs(C[i]), kind="stable")[:top]:
-                    if abs(C[i, f]) < MIN_DRIVER:
-                        continue
-                    name = base[f]
-                    text = (TEMPLATES[name].template(row[name], inst, row)
-                            if name in TEMPLATES else name)
-                    way = "raises" if C[i, f] > 0 else "lowers"
-                    out[i][j].append(f"{_clause(text)} ({way} the estimated gain)")
-        return out
-
-    def recommend(self, X: pd.DataFrame, top: int | None = 3) -> list[Recommendation]:
-        idx = self.neighbours(X)
-        return self._rank(X, self._gains(X, idx), self._drivers(X), idx, self.method_label,
-                          top)
+            np.add.at(C.T, groups, (B * self.coef_[j, 1:][None, :]).T)
+            contributions.append(C)
+        return self._worded(X, base, contributions, top, floor=MIN_DRIVER)
 
 
 #: Smallest contribution (reliable-change units, about 0.06 PHQ-9 points) worth naming.
