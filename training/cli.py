@@ -297,7 +297,7 @@ def recommend_eval(
     archive_clients: Annotated[int, typer.Option(
         help="Fit the recommenders on a separate simulated archive of this many clients "
              "(seed + 1000); 0 = cross-fit within the cohort.", min=0)] = 0,
-    folds: Annotated[int, typer.Option(help="Cross-fitting folds (archive 0).", min=2)] = 2,
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds (archive 0).", min=2)] = 5,
     log: Annotated[bool, typer.Option(help="Log an MLflow run.")] = True,
 ) -> None:
     """Policy value of the learned adaptation suggestions against the rules, a random choice
@@ -317,7 +317,7 @@ def recommend_eval(
                       f"{100 * r.diff_vs_rules:+.2f} ({100 * r.diff_se:.2f})",
                       f"{100 * r.top_is_best:.1f}%")
     console.print(table)
-    for name in (*LEARNED, "ceiling"):
+    for name in (*LEARNED, "cf_supervised"):
         console.print(f"{name}: {100 * rep.gap_closed(name):.0f}% of the rules-to-oracle gap "
                       f"closed ({100 * rep.gap_closed(name, 'rules_without_checklist'):.0f}% "
                       "against the rules without the checklist)"
