@@ -59,6 +59,24 @@ def simulate(n_rows: int, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
+def with_checklist(frame: pd.DataFrame, share: float = 0.6, seed: int = 1) -> pd.DataFrame:
+    """``frame`` plus one clinical-support checklist (CSC, 5 items 0-4) for ``share`` of the
+    clients, at their third attended session (as a not-on-track client would get it)."""
+    rng = np.random.default_rng(seed)
+    phq = frame[frame["instrument"] == "PHQ-9"]
+    third = phq.groupby("client_id", sort=False).nth(2)
+    third = third[rng.random(len(third)) < share]
+    items = rng.integers(0, 5, (len(third), 5)).astype(float)
+    csc = pd.DataFrame({"client_id": third["client_id"].to_numpy(),
+                        "session": third["session"].to_numpy(),
+                        "instrument": pd.array(["CSC"] * len(third), dtype="string"),
+                        "score": items.sum(axis=1), "date": third["date"].to_numpy()})
+    for k in range(5):
+        csc[f"item_{k + 1}"] = items[:, k]
+    out = pd.concat([frame, csc], ignore_index=True)
+    return out.sort_values(["client_id", "session"], kind="stable", ignore_index=True)
+
+
 def one_client(n_sessions: int = 10) -> pd.DataFrame:
     """One client with sessions 1..n_sessions, PHQ-9 + GAD-7 + SRS at each."""
     k = np.arange(1, n_sessions + 1)
@@ -102,6 +120,8 @@ def main() -> None:
     request = {c: one[c].tolist() for c in one.columns}  # what the service holds: lists
     request["date"] = one["date"].to_numpy()
     single_map = median_seconds(lambda: point_in_time(request, at=None), args.single_repeats)
+    checked = with_checklist(frame)
+    train_ck = median_seconds(lambda: point_in_time(checked), args.repeats)
     n_train = len(point_in_time(frame))
     n_clients = frame["client_id"].nunique()
 
@@ -112,6 +132,8 @@ def main() -> None:
         table.add_column(col, justify="right" if col != "case" else "left")
     table.add_row("training, at=(1..6)", f"{n:,} rows", f"{n_train:,}", f"{train:.3f} s",
                   f"{n / train:,.0f} rows/s")
+    table.add_row("training, at=(1..6), checklist for 60% of clients", f"{len(checked):,} rows",
+                  "", f"{train_ck:.3f} s", f"{len(checked) / train_ck:,.0f} rows/s")
     table.add_row("serving batch, at=None", f"{n:,} rows", f"{n_clients:,}", f"{serve:.3f} s",
                   f"{n / serve:,.0f} rows/s")
     table.add_row("1 client, 10 sessions, at=(1..6)", f"{len(one)} rows", "6",
