@@ -51,11 +51,20 @@ def main() -> None:
             page.get_by_role("button", name="Load the demo cohort").click()
             page.wait_for_selector("#caseload-table")
             page.screenshot(path=str(OUT / "caseload.png"), full_page=True)
-            # the client shown: the highest-risk client with a safety flag and a risk model
-            rows = page.locator('#caseload-table tr[data-safety="flag"]:not([data-p=""]) '
-                                "a.client-link")
-            (rows.first if rows.count() else page.locator("a.client-link").first).click()
-            page.wait_for_selector("#signal-reason")
+            # the client shown: the highest-risk client with a safety flag, a risk model and a
+            # clinical-support checklist (else the highest-risk flagged one)
+            flagged = page.locator('#caseload-table tr[data-safety="flag"]:not([data-p=""]) '
+                                   "a.client-link")
+            links = flagged if flagged.count() else page.locator("a.client-link")
+            hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+            for href in hrefs:
+                page.goto(f"{srv['url']}{href}" if href.startswith("/") else href)
+                page.wait_for_selector("#signal-reason")
+                if page.locator("#checklist").count():
+                    break
+            else:
+                page.goto(f"{srv['url']}{hrefs[0]}" if hrefs[0].startswith("/") else hrefs[0])
+                page.wait_for_selector("#signal-reason")
             page.screenshot(path=str(OUT / "client.png"), full_page=True)
             ctx.close()
     if blocked:
