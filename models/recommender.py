@@ -45,6 +45,7 @@ import pandas as pd
 from lightgbm import LGBMRegressor
 from scipy.special import ndtr
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
@@ -628,12 +629,16 @@ class RLearnerUplift(_ModelDrivers, BaseEstimator):
         T = np.eye(len(OPTIONS))[A][:, 1:] - P[:, 1:]
         F = (T[:, :, None] * B1[:, None, :]).reshape(len(z), -1)
         if self.alpha is None:
-            lasso = LassoCV(fit_intercept=False, cv=5, alphas=30, max_iter=5000, tol=1e-3,
-                            random_state=self.random_state, n_jobs=1).fit(F, r)
-            self.alpha_ = float(lasso.alpha_)
+            # the smallest penalties on the path may stop before converging; they are not the
+            # ones chosen on small data, and the chosen one is refitted below with warnings on
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                cv = LassoCV(fit_intercept=False, cv=5, alphas=30, max_iter=5000, tol=1e-3,
+                             random_state=self.random_state, n_jobs=1).fit(F, r)
+            self.alpha_ = float(cv.alpha_)
         else:
-            lasso = Lasso(alpha=self.alpha, fit_intercept=False, max_iter=5000, tol=1e-3).fit(F, r)
             self.alpha_ = float(self.alpha)
+        lasso = Lasso(alpha=self.alpha_, fit_intercept=False, max_iter=5000, tol=1e-3).fit(F, r)
         self.coef_ = lasso.coef_.reshape(len(ADAPTATIONS), B1.shape[1])
         self.mean_propensity_ = P[:, 1:].mean(axis=0)
         return self

@@ -167,10 +167,17 @@ def test_propensity_model_for_real_data(cohort, data):
     assert real.propensity_source == "fitted" and np.isfinite(real.propensity).all()
 
 
-def test_policy_evaluation_small_cohort():
+@pytest.fixture(scope="module")
+def small_report():
     from training.recommend_eval import evaluate_policies
 
-    rep = evaluate_policies(4000, seed=5, n_folds=2)
+    return evaluate_policies(4000, seed=5, n_folds=2)
+
+
+def test_policy_evaluation_small_cohort(small_report):
+    from training.recommend_eval import evaluate_policies
+
+    rep = small_report
     v = {r.policy: r.value for r in rep.results}
     assert v["oracle_best_counterfactual"] >= max(v[k] for k in v)
     assert v["oracle"] >= v["random"] and v["oracle"] >= v["rules"]
@@ -180,6 +187,32 @@ def test_policy_evaluation_small_cohort():
     assert rep.result("oracle").top_is_best == 1.0
     again = evaluate_policies(4000, seed=5, n_folds=2)
     assert [r.value for r in again.results] == [r.value for r in rep.results]
+
+
+def test_policy_values_are_logged_to_mlflow_beside_the_risk_models(small_report, tmp_path,
+                                                                   monkeypatch):
+    """One run in the OnTrack experiment: policy_value_<policy> for every policy, the gap
+    closed per learned recommender, the table and the plot as artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    from training.recommend_eval import LEARNED, log_to_mlflow
+    from training.tracking import EXPERIMENT, configure
+
+    monkeypatch.setenv("ONTRACK_MLFLOW_DIR", str(tmp_path / "mlflow"))
+    run_id = log_to_mlflow(small_report)
+    configure()
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT
+    assert run.data.tags["kind"] == "recommender-evaluation"
+    m = run.data.metrics
+    for r in small_report.results:
+        assert m[f"policy_value_{r.policy}"] == pytest.approx(r.value)
+    for name in LEARNED:
+        assert m[f"policy_gap_closed_{name}"] == pytest.approx(small_report.gap_closed(name))
+    arts = {a.path for a in client.list_artifacts(run_id, "plots")} | {
+        a.path for a in client.list_artifacts(run_id, "tables")}
+    assert {"plots/policy_values.png", "tables/policy_values.json"} <= arts
 
 
 def test_assessment_order_crisis_first_then_learned_then_rules(data):

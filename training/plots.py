@@ -99,5 +99,30 @@ def fan_plot(expected, intakes=None, title: str = ""):
     return fig
 
 
+def policy_value_plot(results, labels: dict[str, str], title: str = ""):
+    """Horizontal bars: the share of flagged clients reliably improved under each policy, with
+    the paired 95% interval of its difference from the rules drawn around the bar's end."""
+    rows = sorted(results, key=lambda r: r.value)
+    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(rows) + 1.4))
+    y = np.arange(len(rows))
+    rules = next(r.value for r in rows if r.policy == "rules")
+    colours = ["#0f766e" if r.policy in ("neighbours", "uplift_gbm", "r_learner") else
+               "#6b7280" if r.policy.startswith(("oracle", "cf_")) else "#92400e"
+               for r in rows]
+    ax.barh(y, [100 * r.value for r in rows], color=colours)
+    ax.errorbar([100 * r.value for r in rows], y, xerr=[196 * r.diff_se for r in rows],
+                fmt="none", ecolor="black", capsize=3, lw=1)
+    ax.axvline(100 * rules, color="#92400e", ls="--", lw=1, label="rules")
+    ax.set_yticks(y, [labels.get(r.policy, r.policy)[:60] for r in rows], fontsize=8)
+    lo = min(r.value for r in rows)
+    ax.set_xlim(100 * lo - 3, 100 * max(r.value for r in rows) + 2)
+    ax.set_xlabel("flagged clients reliably improved under the policy's choice (%)")
+    ax.set_title(title or "Policy values (bars: 95% interval of the paired difference from "
+                 "the rules)", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)

@@ -181,6 +181,16 @@ POLICY_LABELS = {
     "oracle": "Oracle: the truly best adaptation (truth.csv best_adaptation)",
     "oracle_best_counterfactual": "Oracle: the best counterfactual outcome per client",
 }
+#: Short names for plots.
+POLICY_SHORT = {
+    "neighbours": "nearest-neighbour advantage", "uplift_gbm": "gradient-boosted uplift",
+    "r_learner": "R-learner", "rules": "rules (with the checklist)",
+    "rules_or_none": "rules, none when silent", "rules_without_checklist":
+    "rules without the checklist", "cf_supervised": "counterfactual-supervised (not a "
+    "recommender)", "random": "random", "observed": "simulated therapists",
+    "oracle": "oracle: truly best adaptation", "oracle_best_counterfactual":
+    "oracle: best counterfactual outcome",
+}
 SLOW_NOTE = "the simulator's counterfactuals need the in-memory cohort (its layout and keys)"
 
 
@@ -402,4 +412,15 @@ def log_to_mlflow(report: EvaluationReport) -> str:
         for name in LEARNED:
             mlflow.log_metric(f"fallback_share_{name}", report.fallback_share[name])
         mlflow.log_metric("n_flagged", report.n_flagged)
+        mlflow.log_table(pd.DataFrame([{
+            "policy": r.policy, "label": POLICY_LABELS.get(r.policy, r.policy),
+            "policy_value": r.value, "diff_vs_rules": r.diff_vs_rules,
+            "diff_se": r.diff_se, "top_is_best": r.top_is_best, "n": r.n}
+            for r in report.results]), artifact_file="tables/policy_values.json")
+        from training.plots import close, policy_value_plot
+
+        fig = policy_value_plot(report.results, POLICY_SHORT,
+                                f"Policy values, {report.design}"[:110])
+        mlflow.log_figure(fig, "plots/policy_values.png")
+        close(fig)
         return run.info.run_id
