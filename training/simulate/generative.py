@@ -31,7 +31,7 @@ from training.simulate.params import (
     Params,
 )
 
-PHQ, GAD, SRS = "PHQ-9", "GAD-7", "SRS"
+PHQ, GAD, SRS, CSC = "PHQ-9", "GAD-7", "SRS", "CSC"
 ORACLE_SESSIONS = (1, 2, 3, 4, 5, 6)
 
 
@@ -194,8 +194,11 @@ def items_given_totals(totals: np.ndarray, delta: np.ndarray, rng: np.random.Gen
 # ------------------------------------------------------------------------------------------
 # Tables
 # ------------------------------------------------------------------------------------------
-def build_tables(lay: Layout, obs: Observed, pk: Packed, rng: np.random.Generator
+def build_tables(lay: Layout, obs: Observed, pk: Packed, rng: np.random.Generator,
+                 checklist: np.ndarray | None = None
                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The contract's tables. ``checklist``: (clients, 5) clinical-support checklist ratings
+    (`checklist_ratings`), written as one CSC row at each client's decision session."""
     n, slots = obs.att.shape
     ci, si = np.nonzero(obs.att == 1)  # row-major: client then slot
     sess = si + 1
@@ -208,24 +211,32 @@ def build_tables(lay: Layout, obs: Observed, pk: Packed, rng: np.random.Generato
     srs = obs.srs[ci, si, :].astype(np.int64)
     phq_items = items_given_totals(phq, pk.phq_delta, rng)
     gad_items = items_given_totals(gad, pk.gad_delta, rng)
-    items = np.full((3, m, 9), np.nan)
+    k = 3 if checklist is None else 4
+    items = np.full((k, m, 9), np.nan)
     items[0] = phq_items
     items[1, :, :7] = gad_items
     items[2, :, :4] = srs / 10.0
-    scores = np.stack([phq, gad, srs.sum(axis=1) / 10.0]).astype(float)
-    order = np.arange(3 * m).reshape(3, m).T.ravel()  # client, session, instrument
-    rep = lambda a: np.tile(a, 3)[order]  # noqa: E731
+    totals = [phq, gad, srs.sum(axis=1) / 10.0]
+    keep = np.ones(k * m, dtype=bool)
+    if checklist is not None:  # the CSC row only at the decision cell (an attended session)
+        items[3, :, :N_DOM] = checklist[ci]
+        totals.append(checklist[ci].sum(axis=1))
+        keep[3 * m:] = (obs.option[ci] >= 0) & (obs.option_slot[ci] == sess)
+    scores = np.stack(totals).astype(float)
+    order = np.arange(k * m).reshape(k, m).T.ravel()  # client, session, instrument
+    order = order[keep[order]]
+    rep = lambda a: np.tile(a, k)[order]  # noqa: E731
+    codes = np.array([PHQ, GAD, SRS, CSC][:k], dtype=object)
     sessions = pd.DataFrame({
         "client_id": pd.array(rep(lay.client_id[ci]), dtype="string"),
         "session": rep(sess).astype(np.int64),
-        "instrument": pd.array(np.repeat(np.array([PHQ, GAD, SRS], dtype=object), m)[order],
-                               dtype="string"),
+        "instrument": pd.array(np.repeat(codes, m)[order], dtype="string"),
         "score": scores.ravel()[order],
         "date": rep(dates).astype("datetime64[s]"),
         "clinic_id": pd.array(rep(clinic[lay.clinic[ci]]), dtype="string"),
         "therapist_id": pd.array(rep(ther[lay.therapist[ci]]), dtype="string"),
     })
-    flat = items.reshape(3 * m, 9)[order]
+    flat = items.reshape(k * m, 9)[order]
     for j in range(9):
         sessions[f"item_{j + 1}"] = flat[:, j]
     clients = pd.DataFrame({
@@ -245,37 +256,14 @@ def build_tables(lay: Layout, obs: Observed, pk: Packed, rng: np.random.Generato
     return sessions, clients, adaptations
 
 
-CSC = "CSC"
-
-
-def add_checklist(sessions: pd.DataFrame, lay: Layout, obs: Observed, bits: np.ndarray,
-                  p: Params, rng: np.random.Generator) -> pd.DataFrame:
-    """``sessions`` plus one clinical-support checklist row (CSC) per client at the decision
-    session (the first session the simulated therapist found the client off track).
-
-    Item k rates domain k: ``csc_shift * (has the domain) + N(0, 1)`` cut at ``csc_cuts``
-    (see `Params`). The draws come from their own stream, so the checklist never changes a
-    course and is the same under every counterfactual option.
-    """
+def checklist_ratings(bits: np.ndarray, p: Params, rng: np.random.Generator) -> np.ndarray:
+    """(clients, 5) clinical-support checklist ratings 0-4: item k rates domain k as
+    ``csc_shift * (has the domain) + N(0, 1)`` cut at ``csc_cuts`` (see `Params`). The draws
+    come from their own stream, so the checklist never changes a course and is the same under
+    every counterfactual option; `build_tables` writes it at the decision session."""
     z = rng.standard_normal((len(bits), N_DOM))
     has = ((bits[:, None] >> np.arange(N_DOM)[None, :]) & 1).astype(float)
-    ratings = np.digitize(p.csc_shift * has + z, np.asarray(p.csc_cuts)).astype(float)
-    ci = np.flatnonzero(obs.option >= 0)
-    if not len(ci):
-        return sessions
-    prim = sessions.loc[sessions["instrument"] == PHQ]
-    at = pd.MultiIndex.from_arrays([pd.array(lay.client_id[ci], dtype="string"),
-                                    obs.option_slot[ci].astype(np.int64)])
-    src = prim.set_index(["client_id", "session"])
-    found = at.isin(src.index)  # the decision is made at an attended session
-    ci, at = ci[found], at[found]
-    rows = src.loc[at, ["date", "clinic_id", "therapist_id"]].reset_index()
-    rows["instrument"] = pd.array([CSC] * len(rows), dtype="string")
-    rows["score"] = ratings[ci].sum(axis=1)
-    for j in range(9):
-        rows[f"item_{j + 1}"] = ratings[ci, j] if j < N_DOM else np.nan
-    out = pd.concat([sessions, rows[sessions.columns]], ignore_index=True)
-    return out.sort_values(["client_id", "session"], kind="stable", ignore_index=True)
+    return np.digitize(p.csc_shift * has + z, np.asarray(p.csc_cuts)).astype(float)
 
 
 def domain_labels(bits: np.ndarray) -> np.ndarray:
@@ -337,9 +325,8 @@ def simulate_cohort(n_clients: int, seed: int, oracle_clients: int = 5000,
     courses = run_courses(pk, lay)
     obs = observe(courses, lay)
     item_rng = np.random.default_rng([seed, 1])
-    sessions, clients, adaptations = build_tables(lay, obs, pk, item_rng)
-    sessions = add_checklist(sessions, lay, obs, courses.domains, p,
-                             np.random.default_rng([seed, 3]))
+    ratings = checklist_ratings(courses.domains, p, np.random.default_rng([seed, 3]))
+    sessions, clients, adaptations = build_tables(lay, obs, pk, item_rng, ratings)
     tg = targets(sessions, clients).reindex(pd.Index(lay.client_id, name="client_id"))
     truth = pd.DataFrame({
         "client_id": pd.array(lay.client_id, dtype="string"),
