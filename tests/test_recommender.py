@@ -242,3 +242,38 @@ def test_assessment_order_crisis_first_then_learned_then_rules(data):
     assert [s.source for s in fb if s.source == SOURCE_LEARNED] == []
     first_rule = next(s for s in fb if s.adaptation != "safety")
     assert "not enough similar cases" in first_rule.rationale and notes
+
+
+def test_bundle_serves_learned_suggestions_with_their_comparison(tmp_path):
+    """Training fits the R-learner into the bundle when the cohort has adaptations and enough
+    decision rows; the assessment then shows learned suggestions (observational comparison,
+    interval, at least the minimum of similar cases) after any crisis prompts, one per
+    adaptation, and the rules' suggestions after them."""
+    import re
+
+    from features.contract import load_cohort
+    from models.assess import SOURCE_LEARNED
+    from tests.service_fixtures import fit_bundle
+    from training.simulate import simulate_cohort
+
+    simulate_cohort(3000, seed=8, oracle_clients=0).write(tmp_path / "c", "csv")
+    bundle = fit_bundle(tmp_path / "c")
+    assert isinstance(bundle.models["PHQ-9"].recommender, RLearnerUplift)
+    sessions = load_cohort(tmp_path / "c").sessions
+    out = bundle.assess(sessions[sessions["client_id"].isin(
+        sessions["client_id"].drop_duplicates().iloc[:400])])
+    learned = 0
+    for a in out:
+        kinds = [s.source == SOURCE_LEARNED for s in a.suggestions if s.adaptation != "safety"]
+        assert kinds == sorted(kinds, reverse=True), "learned before rules"
+        codes = [s.adaptation for s in a.suggestions if s.adaptation != "safety"]
+        assert len(codes) == len(set(codes))
+        for s in a.suggestions:
+            if s.source != SOURCE_LEARNED:
+                continue
+            learned += 1
+            assert s.rationale.startswith("Observational comparison: of 400 similar clients")
+            n_with = int(re.search(r"of the (\d+) who received", s.rationale).group(1))
+            assert n_with >= MIN_SIMILAR
+            assert re.search(r"\[\d+%–\d+%\]", s.rationale)
+    assert learned > 0
