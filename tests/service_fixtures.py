@@ -7,6 +7,12 @@ Tests may import training/; the service never does.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +113,59 @@ def service_env(root: Path, tracking_uri: str) -> dict[str, str]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "BENTOML_DO_NOT_TRACK": "True",
     }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def served_service(root: Path, key_name: str, extra_env: dict[str, str] | None = None
+                   ) -> Iterator[dict]:
+    """Fit and register the test bundle, create a key and run `bentoml serve
+    serving.service:OnTrack` on a free port of 127.0.0.1 until the block ends (what
+    `ontrack serve` does: the BentoModel is imported into the store first). Yields a dict:
+    url, key, log (the server's output), root."""
+    import httpx
+
+    from serving.auth import KeyStore
+
+    uri = register(fit_bundle(make_cohort(root / "cohort", n=1200, seed=3)), root / "mlflow")
+    env = {**os.environ, **service_env(root, uri), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO), **(extra_env or {})}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    store = KeyStore(root / "keys.sqlite")
+    key = store.add(key_name)
+    store.close()
+    subprocess.run([sys.executable, "-c", "from serving.settings import ServingSettings;"
+                    "from serving.loader import import_to_bentoml;"
+                    "import_to_bentoml(ServingSettings())"], env=env, check=True,
+                   capture_output=True, cwd=REPO, timeout=300)
+    port = free_port()
+    log_path = root / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
+                                 "serving.service:OnTrack", "--host", "127.0.0.1", "--port",
+                                 str(port), "--working-dir", str(REPO)],
+                                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("service not ready: " + log_path.read_text()[-3000:])
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            yield {"url": url, "key": key, "log": log_path, "root": root}
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -8,74 +8,26 @@ everything the server process wrote (BentoML's own logging included).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 
 from serving.schemas import EXAMPLE_INPUT
-from tests.service_fixtures import REPO, fit_bundle, make_cohort, register, service_env
+from tests.service_fixtures import served_service
 
 SENTINEL = "SENTINEL-9a8b7c6d-http-never-log-me"
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("http")
-    uri = register(fit_bundle(make_cohort(root / "cohort", n=1200, seed=3)), root / "mlflow")
-    env = {**os.environ, **service_env(root, uri), "OMP_NUM_THREADS": "1",
-           "ONTRACK_MAX_BODY_BYTES": "200000", "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    from serving.auth import KeyStore
-
-    store = KeyStore(root / "keys.sqlite")
-    key = store.add("clinic-http")
-    store.close()
-    # the class-scope BentoModel must be in the store for `bentoml serve` (what `ontrack serve`
-    # and `ontrack build` do first)
-    subprocess.run([sys.executable, "-c", "from serving.settings import ServingSettings;"
-                    "from serving.loader import import_to_bentoml;"
-                    "import_to_bentoml(ServingSettings())"], env=env, check=True,
-                   capture_output=True, cwd=REPO, timeout=300)
-    port = _free_port()
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
-                             "serving.service:OnTrack", "--host", "127.0.0.1", "--port",
-                             str(port), "--working-dir", str(REPO)],
-                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("service not ready: " + (root / "server.log").read_text()[-3000:])
-    yield {"url": url, "key": key, "log": root / "server.log", "root": root}
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with served_service(root, "clinic-http", {"ONTRACK_MAX_BODY_BYTES": "200000"}) as srv:
+        yield srv
 
 
 def _auth(key: str) -> dict:

@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.service_fixtures import REPO, service_env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.service_fixtures import REPO, free_port, service_env
 
 
 @pytest.mark.slow
@@ -32,7 +25,7 @@ def test_main_flow_on_a_small_cohort_then_the_example_call(tmp_path):
            "ONTRACK_MLFLOW_DIR": str(store), "OMP_NUM_THREADS": "1",
            "ONTRACK_DEMO_PATH": str(tmp_path / "demo" / "sessions.csv"), "COLUMNS": "200"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "training.cli", "demo", "--clients", "800", "--seed", "3",
            "--out", str(tmp_path / "demo"), "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
