@@ -24,7 +24,14 @@ import pytest
 from scipy.special import expit, logit
 
 from serving.schemas import EXAMPLE_INPUT
-from tests.service_fixtures import REPO, fit_bundle, make_cohort, register, service_env
+from tests.service_fixtures import (
+    REPO,
+    environ,
+    fit_bundle,
+    make_cohort,
+    register,
+    service_env,
+)
 
 SENTINEL = "SENTINEL-c1d2e3f4-never-log-me"
 SECRET = "test-secret-0123456789abcdef"
@@ -37,14 +44,8 @@ def env(tmp_path_factory):
     uri = register(bundle, root / "mlflow")
     values = {**service_env(root, uri), "ONTRACK_MAX_CLIENTS": "50",
               "ONTRACK_MAX_BODY_BYTES": "200000", "ONTRACK_AUDIT_SECRET": SECRET}
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    yield root
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environ(values):
+        yield root
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from tests.service_fixtures import fit_bundle, make_cohort, register, service_env
+from tests.service_fixtures import environ, fit_bundle, make_cohort, register, service_env
 from tests.webview_fixtures import api_body, write_demo
 
 SECRET = "test-secret-0123456789abcdef"
@@ -42,14 +42,8 @@ def env(tmp_path_factory):
     demo = write_demo(root / "demo", n=100, seed=5)
     values = {**service_env(root, uri), "ONTRACK_AUDIT_SECRET": SECRET,
               "ONTRACK_DEMO_PATH": str(demo), "ONTRACK_DEMO_CLIENTS": "60"}
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    yield SimpleNamespace(root=root, demo=demo)
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environ(values):
+        yield SimpleNamespace(root=root, demo=demo)
 
 
 @pytest.fixture(scope="module")
