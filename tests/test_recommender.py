@@ -167,6 +167,25 @@ def test_propensity_model_for_real_data(cohort, data):
     assert real.propensity_source == "fitted" and np.isfinite(real.propensity).all()
 
 
+def test_information_limit_model_learns_the_true_effects(cohort, data):
+    """The information-limit policy is supervised on the simulator's true effects: their
+    argmax is truth.csv's best adaptation, and a model of them picks it far more often than
+    chance (an out-of-fold half of the cohort)."""
+    from training.recommend_eval import info_limit_top, true_effects
+
+    eff = true_effects(cohort, data)
+    best = cohort.truth.set_index("client_id")["best_adaptation"].reindex(
+        pd.Index(data.client_id)).astype(object).to_numpy()
+    known = best != "any"
+    assert known.mean() > 0.5
+    assert (np.array(ADAPTATIONS, dtype=object)[eff.argmax(axis=1)][known]
+            == best[known]).all()
+    half = np.arange(len(data)) % 2 == 0
+    top = info_limit_top(data.X[half], eff[half], data.X[~half], seed=0)
+    hit = (np.array(OPTIONS, dtype=object)[top] == best[~half])[known[~half]].mean()
+    assert hit > 2 / len(ADAPTATIONS)
+
+
 @pytest.fixture(scope="module")
 def small_report():
     from training.recommend_eval import evaluate_policies
@@ -183,7 +202,11 @@ def test_policy_evaluation_small_cohort(small_report):
     assert v["oracle"] >= v["random"] and v["oracle"] >= v["rules"]
     # the rules read the checklist: better than the same rules without it
     assert v["rules"] > v["rules_without_checklist"]
-    assert {"cf_supervised", "r_learner", "uplift_gbm", "neighbours"} <= set(v)
+    assert {"info_limit", "r_learner", "uplift_gbm", "neighbours"} <= set(v)
+    # recovery is reliable improvement that also leaves the clinical range: never more common
+    rec = {r.policy: r.recovery for r in rep.results}
+    assert all(0 < rec[k] < v[k] for k in v)
+    assert rec["oracle"] > rec["random"]
     assert rep.result("oracle").top_is_best == 1.0
     again = evaluate_policies(4000, seed=5, n_folds=2)
     assert [r.value for r in again.results] == [r.value for r in rep.results]
@@ -208,8 +231,11 @@ def test_policy_values_are_logged_to_mlflow_beside_the_risk_models(small_report,
     m = run.data.metrics
     for r in small_report.results:
         assert m[f"policy_value_{r.policy}"] == pytest.approx(r.value)
-    for name in LEARNED:
+        assert m[f"policy_value_recovery_{r.policy}"] == pytest.approx(r.recovery)
+    for name in (*LEARNED, "info_limit"):
         assert m[f"policy_gap_closed_{name}"] == pytest.approx(small_report.gap_closed(name))
+        assert m[f"policy_gap_closed_recovery_{name}"] == pytest.approx(
+            small_report.gap_closed(name, outcome="recovery"))
     arts = {a.path for a in client.list_artifacts(run_id, "plots")} | {
         a.path for a in client.list_artifacts(run_id, "tables")}
     assert {"plots/policy_values.png", "tables/policy_values.json"} <= arts

@@ -302,7 +302,7 @@ def recommend_eval(
 ) -> None:
     """Policy value of the learned adaptation suggestions against the rules, a random choice
     and the oracle, on a simulated cohort's counterfactual outcomes (docs/recommender.md)."""
-    from training.recommend_eval import LEARNED, POLICY_LABELS, evaluate_policies, log_to_mlflow
+    from training.recommend_eval import LEARNED, POLICY_SHORT, evaluate_policies, log_to_mlflow
 
     with _progress() as bar:
         task = bar.add_task("recommend-eval", total=None)
@@ -310,16 +310,19 @@ def recommend_eval(
                                 progress=lambda m: bar.update(task, description=m))
     table = Table(title=f"Top-suggestion policies: {rep.n_flagged:,} flagged of "
                         f"{rep.n_clients:,} simulated clients ({rep.design})")
-    for col in ("policy", "reliably improved", "vs rules (SE)", "top is best"):
+    for col in ("policy", "reliably improved", "vs rules (SE)", "reliably recovered",
+                "top is best"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for r in rep.results:
-        table.add_row(POLICY_LABELS[r.policy], f"{100 * r.value:.2f}%",
+        table.add_row(POLICY_SHORT[r.policy], f"{100 * r.value:.2f}%",
                       f"{100 * r.diff_vs_rules:+.2f} ({100 * r.diff_se:.2f})",
-                      f"{100 * r.top_is_best:.1f}%")
+                      f"{100 * r.recovery:.2f}%", f"{100 * r.top_is_best:.1f}%")
     console.print(table)
-    for name in (*LEARNED, "cf_supervised"):
+    for name in (*LEARNED, "info_limit"):
         console.print(f"{name}: {100 * rep.gap_closed(name):.0f}% of the rules-to-oracle gap "
-                      f"closed ({100 * rep.gap_closed(name, 'rules_without_checklist'):.0f}% "
+                      f"closed ({100 * rep.gap_closed(name, outcome='recovery'):.0f}% on "
+                      "recovery; "
+                      f"{100 * rep.gap_closed(name, 'rules_without_checklist'):.0f}% "
                       "against the rules without the checklist)"
                       + (f"; fell back to the rules for {100 * rep.fallback_share[name]:.1f}%"
                          if name in rep.fallback_share else ""))

@@ -107,7 +107,7 @@ def policy_value_plot(results, labels: dict[str, str], title: str = ""):
     y = np.arange(len(rows))
     rules = next(r.value for r in rows if r.policy == "rules")
     colours = ["#0f766e" if r.policy in ("neighbours", "uplift_gbm", "r_learner") else
-               "#6b7280" if r.policy.startswith(("oracle", "cf_")) else "#92400e"
+               "#6b7280" if r.policy.startswith(("oracle", "info_")) else "#92400e"
                for r in rows]
     ax.barh(y, [100 * r.value for r in rows], color=colours)
     ax.errorbar([100 * r.value for r in rows], y, xerr=[196 * r.diff_se for r in rows],

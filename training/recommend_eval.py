@@ -18,7 +18,9 @@ instrument's reliable-change threshold: PHQ-9 a fall of 6 or more; `features.cha
 Evaluation (`evaluate_policies`): on a simulated cohort, cross-fitted by client (each fold's
 recommenders are fitted on the other folds), every flagged client's top suggestion is looked up
 in the simulator's counterfactual outcomes (`training.simulate.counterfactual_outcomes`: the
-same random numbers under each option), so each policy's value is exact on this cohort.
+same random numbers under each option), so each policy's value is exact on this cohort. Values
+on two outcomes (`OUTCOMES`): reliable improvement, which the recommenders rank by, and reliable
+recovery (the "recovery rate").
 """
 
 from __future__ import annotations
@@ -174,8 +176,8 @@ POLICY_LABELS = {
     "rules_or_none": "Clinical-support rules (no adaptation when no rule fires)",
     "rules_without_checklist": "Clinical-support rules without the checklist (the rules "
                                "before it; a random adaptation when no rule fires)",
-    "cf_supervised": "Counterfactual-supervised model, same features (what this information "
-                     "allows; not a strict bound)",
+    "info_limit": "Information limit: a model of the true effects on the same features "
+                  "(not a recommender)",
     "random": "Random adaptation (seeded)",
     "observed": "What the simulated therapists chose",
     "oracle": "Oracle: the truly best adaptation (truth.csv best_adaptation)",
@@ -186,8 +188,7 @@ POLICY_SHORT = {
     "neighbours": "nearest-neighbour advantage", "uplift_gbm": "gradient-boosted uplift",
     "r_learner": "R-learner", "rules": "rules (with the checklist)",
     "rules_or_none": "rules, none when silent", "rules_without_checklist":
-    "rules without the checklist", "cf_supervised": "counterfactual-supervised (not a "
-    "recommender)", "random": "random", "observed": "simulated therapists",
+    "rules without the checklist", "info_limit": "information limit (not a recommender)", "random": "random", "observed": "simulated therapists",
     "oracle": "oracle: truly best adaptation", "oracle_best_counterfactual":
     "oracle: best counterfactual outcome",
 }
@@ -232,19 +233,43 @@ def rule_top(X: pd.DataFrame, instrument: str, fallback: np.ndarray | None = Non
     return out
 
 
-def counterfactual_reliable(cohort, data: DecisionData) -> np.ndarray:
-    """(n, len(OPTIONS)): 1 where the client reliably improved (intake to the last observed
-    score) under each option, from `training.simulate.counterfactual_outcomes`."""
+#: The outcomes a policy is valued on: reliable improvement (what the recommenders rank by)
+#: and reliable recovery (the issue's "recovery rate": reliable improvement that also leaves
+#: the clinical range, Jacobson & Truax 1991; `features.change.classify`).
+OUTCOMES = ("reliable_improvement", "recovery")
+
+
+def counterfactual_matrices(cohort, data: DecisionData) -> dict[str, np.ndarray]:
+    """Per outcome in `OUTCOMES`, an (n, len(OPTIONS)) array: 1 where the client reached it
+    (intake to the last observed score) under each option, from
+    `training.simulate.counterfactual_outcomes`."""
+    from features.change import Change, classify
     from training.simulate import counterfactual_outcomes
 
     cf = counterfactual_outcomes(cohort, OPTIONS)
     s = cohort.sessions
     first = s.loc[s["instrument"] == data.instrument].sort_values(
         ["client_id", "session"], kind="stable").groupby("client_id")["score"].first()
-    cf["reliable"] = reliable_change(cf["client_id"].map(first).to_numpy(float),
-                                     cf["last_phq"].to_numpy(float), data.instrument) == 1
-    wide = cf.pivot(index="client_id", columns="option", values="reliable")
-    return wide.reindex(index=pd.Index(data.client_id), columns=list(OPTIONS)).to_numpy(float)
+    pre, post = cf["client_id"].map(first).to_numpy(float), cf["last_phq"].to_numpy(float)
+    cf["reliable_improvement"] = reliable_change(pre, post, data.instrument) == 1
+    cf["recovery"] = classify(pre, post, data.instrument) == Change.RECOVERED
+    out = {}
+    for name in OUTCOMES:
+        wide = cf.pivot(index="client_id", columns="option", values=name)
+        out[name] = wide.reindex(index=pd.Index(data.client_id),
+                                 columns=list(OPTIONS)).to_numpy(float)
+    return out
+
+
+def true_effects(cohort, data: DecisionData) -> np.ndarray:
+    """(n, len(ADAPTATIONS)): each adaptation's true effect on the symptom logit for the
+    client's latent domains and trajectory class (`training.simulate.generative.
+    option_effects`, which also defines the oracle's truly best adaptation)."""
+    from training.simulate.generative import option_effects
+
+    at = pd.Index(cohort.layout.client_id).get_indexer(pd.Index(data.client_id))
+    return option_effects(cohort.params.pack(), cohort.courses.traj[at],
+                          cohort.courses.domains[at])
 
 
 @dataclass
@@ -255,6 +280,7 @@ class PolicyResult:
     diff_vs_rules: float
     diff_se: float
     n: int
+    recovery: float = float("nan")  # share reliably recovered under the policy's choice
 
 
 @dataclass
@@ -270,10 +296,13 @@ class EvaluationReport:
     def result(self, policy: str) -> PolicyResult:
         return next(r for r in self.results if r.policy == policy)
 
-    def gap_closed(self, policy: str, baseline: str = "rules") -> float:
-        """(value - baseline) / (oracle - baseline); the baseline is the rules by default."""
-        base, oracle = self.result(baseline).value, self.result("oracle").value
-        return (self.result(policy).value - base) / (oracle - base)
+    def gap_closed(self, policy: str, baseline: str = "rules",
+                   outcome: str = "reliable_improvement") -> float:
+        """(value - baseline) / (oracle - baseline) on an outcome of `OUTCOMES`; the baseline
+        is the rules by default."""
+        key = "value" if outcome == "reliable_improvement" else outcome
+        base, oracle, mine = (getattr(self.result(p), key) for p in (baseline, "oracle", policy))
+        return (mine - base) / (oracle - base)
 
 
 def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
@@ -295,7 +324,8 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
                                truth=cohort.truth, seed=seed)
     n = len(data)
     say(f"{n:,} flagged clients; counterfactual outcomes under {len(OPTIONS)} options")
-    Y = counterfactual_reliable(cohort, data)
+    Ys = counterfactual_matrices(cohort, data)
+    Y = Ys["reliable_improvement"]
     rng = np.random.default_rng([seed, 7])
     random_pick = rng.integers(1, len(OPTIONS), size=n)
     rules = rule_top(data.X, instrument, fallback=random_pick)
@@ -315,18 +345,19 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
         arch = simulate_cohort(archive_clients, seed=seed + 1000, oracle_clients=0)
         train = build_decision_data(arch.sessions, arch.clients, arch.adaptations, instrument,
                                     truth=arch.truth, seed=seed)
-        say("counterfactual outcomes of the archive (for the counterfactual-supervised model)")
-        splits = [(train, np.ones(n, dtype=bool), counterfactual_reliable(arch, train))]
+        splits = [(train, np.ones(n, dtype=bool), true_effects(arch, train))]
         design = (f"fitted on a separate archive of {archive_clients:,} simulated clients "
                   f"({len(train):,} decision rows), evaluated on all {n:,} flagged clients")
     else:
         fold = np.random.default_rng([seed, 11]).integers(0, n_folds, size=n)
-        splits = [(data.subset(fold != f), fold == f, Y[fold != f]) for f in range(n_folds)]
+        effects = true_effects(cohort, data)
+        splits = [(data.subset(fold != f), fold == f, effects[fold != f])
+                  for f in range(n_folds)]
         design = f"{n_folds}-fold cross-fitting by client within the cohort"
-    picks["cf_supervised"] = np.zeros(n, dtype=np.int64)
-    for f, (train, test, y_train) in enumerate(splits):
-        say(f"counterfactual-supervised model: fit {f + 1}/{len(splits)}")
-        picks["cf_supervised"][test] = cf_supervised_top(train.X, y_train, data.X[test], seed)
+    picks["info_limit"] = np.zeros(n, dtype=np.int64)
+    for f, (train, test, e_train) in enumerate(splits):
+        say(f"information limit: fit {f + 1}/{len(splits)}")
+        picks["info_limit"][test] = info_limit_top(train.X, e_train, data.X[test], seed)
     for name in LEARNED:
         for f, (train, test, _) in enumerate(splits):
             say(f"{name}: fit {f + 1}/{len(splits)}")
@@ -346,13 +377,14 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
     rows = np.arange(n)
     base = Y[rows, picks["rules"]]
     results = []
-    for name in ("oracle_best_counterfactual", "oracle", "cf_supervised", *LEARNED, "rules",
+    for name in ("oracle_best_counterfactual", "oracle", "info_limit", *LEARNED, "rules",
                  "rules_or_none", "rules_without_checklist", "random", "observed"):
         v = Y[rows, picks[name]]
         d = v - base
         hit = (picks[name] == best_idx) | (any_best & (picks[name] >= 1))
         results.append(PolicyResult(name, float(v.mean()), float(hit.mean()), float(d.mean()),
-                                    float(d.std(ddof=1) / np.sqrt(n)), n))
+                                    float(d.std(ddof=1) / np.sqrt(n)), n,
+                                    float(Ys["recovery"][rows, picks[name]].mean())))
     return EvaluationReport(results, n_clients, n, design, fallback_share,
                             time.perf_counter() - t0,
                             {"clients": n_clients, "seed": seed, "folds": n_folds,
@@ -361,27 +393,24 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
                              "propensities": data.propensity_source})
 
 
-def cf_supervised_top(X_train: pd.DataFrame, Y_train: np.ndarray, X: pd.DataFrame,
-                seed: int = 0) -> np.ndarray:
-    """Index into OPTIONS of the adaptation a model *supervised on the counterfactual
-    outcomes* picks (per adaptation, a LightGBM of ``Y_a - Y_none``, reliably improved under a
-    minus under none, on the same decision-row features).
+def info_limit_top(X_train: pd.DataFrame, effects_train: np.ndarray, X: pd.DataFrame,
+                   seed: int = 0) -> np.ndarray:
+    """Index into OPTIONS of the adaptation a model of the *true effects* picks: per
+    adaptation, a LightGBM of its effect on the symptom logit (`true_effects`) on the same
+    decision-row features, then the largest prediction.
 
-    No recommender can see counterfactuals; this one does, so it estimates how much of the
-    rules-to-oracle gap the decision-session information allows (an estimate, not a strict
-    bound: it is itself fitted on finite data). The oracle knows the latent domains and the
-    trajectory class, which the decision row reflects only noisily.
+    No recommender can see the true effects; this model is shown them without outcome noise,
+    so what it misses is what the decision row does not reveal about the latent domains and
+    trajectory class (the information limit, up to the fit on finite data).
     """
     from lightgbm import LGBMRegressor
 
     M, Mx = X_train.to_numpy(float), X.to_numpy(float)
-    ok = np.isfinite(Y_train).all(axis=1)
-    pred = [LGBMRegressor(n_estimators=400, num_leaves=15, learning_rate=0.03,
-                          min_child_samples=100, subsample=0.8, subsample_freq=1,
-                          random_state=seed, n_jobs=1, verbose=-1, deterministic=True,
-                          force_row_wise=True)
-            .fit(M[ok], Y_train[ok, a] - Y_train[ok, 0]).predict(Mx)
-            for a in range(1, len(OPTIONS))]
+    pred = [LGBMRegressor(n_estimators=400, num_leaves=31, learning_rate=0.05,
+                          min_child_samples=50, random_state=seed, n_jobs=1, verbose=-1,
+                          deterministic=True, force_row_wise=True)
+            .fit(M, effects_train[:, a]).predict(Mx)
+            for a in range(effects_train.shape[1])]
     return 1 + np.argmax(np.column_stack(pred), axis=1)
 
 
@@ -390,8 +419,9 @@ def _codes_of(treatment: np.ndarray) -> np.ndarray:
 
 
 def log_to_mlflow(report: EvaluationReport) -> str:
-    """One MLflow run in the OnTrack experiment: ``policy_value_<policy>``,
-    ``top_is_best_<policy>``, ``policy_gap_closed_<learned>``. Returns the run id."""
+    """One MLflow run in the OnTrack experiment: ``policy_value_<policy>`` (reliable
+    improvement), ``policy_value_recovery_<policy>``, ``top_is_best_<policy>``,
+    ``policy_gap_closed[_recovery]_<learned or info_limit>``. Returns the run id."""
     import mlflow
 
     from training.tracking import configure, git_commit
@@ -403,10 +433,13 @@ def log_to_mlflow(report: EvaluationReport) -> str:
         mlflow.log_params(report.params)
         for r in report.results:
             mlflow.log_metric(f"policy_value_{r.policy}", r.value)
+            mlflow.log_metric(f"policy_value_recovery_{r.policy}", r.recovery)
             mlflow.log_metric(f"top_is_best_{r.policy}", r.top_is_best)
             mlflow.log_metric(f"policy_value_diff_vs_rules_{r.policy}", r.diff_vs_rules)
-        for name in (*LEARNED, "cf_supervised"):
+        for name in (*LEARNED, "info_limit"):
             mlflow.log_metric(f"policy_gap_closed_{name}", report.gap_closed(name))
+            mlflow.log_metric(f"policy_gap_closed_recovery_{name}",
+                              report.gap_closed(name, outcome="recovery"))
             mlflow.log_metric(f"policy_gap_closed_vs_rules_without_checklist_{name}",
                               report.gap_closed(name, "rules_without_checklist"))
         for name in LEARNED:
@@ -414,7 +447,8 @@ def log_to_mlflow(report: EvaluationReport) -> str:
         mlflow.log_metric("n_flagged", report.n_flagged)
         mlflow.log_table(pd.DataFrame([{
             "policy": r.policy, "label": POLICY_LABELS.get(r.policy, r.policy),
-            "policy_value": r.value, "diff_vs_rules": r.diff_vs_rules,
+            "policy_value": r.value, "policy_value_recovery": r.recovery,
+            "diff_vs_rules": r.diff_vs_rules,
             "diff_se": r.diff_se, "top_is_best": r.top_is_best, "n": r.n}
             for r in report.results]), artifact_file="tables/policy_values.json")
         from training.plots import close, policy_value_plot
