@@ -58,6 +58,11 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body.")
     horizon: int = Field(4, ge=1, le=12, description="Sessions ahead in the expected course.")
     num_threads: int = Field(1, ge=1, description="LightGBM threads on the request path.")
+    gc_threshold: int = Field(
+        50_000, ge=0, description="Allocations between young-generation garbage collections "
+        "on the request path (Python's default is 700). After start-up the loaded bundle is "
+        "frozen out of collection (gc.freeze), so a request's many small objects no longer "
+        "trigger scans of the model; 0 leaves the collector alone. docs/service.md (Speed).")
     # ---- server
     host: str = "127.0.0.1"
     port: int = 3000

@@ -430,6 +430,38 @@ def test_redaction_filter_strips_exception_text():
 # ------------------------------------------------------------------------------------------
 # Architecture
 # ------------------------------------------------------------------------------------------
+def test_route_takes_the_guards_parsed_request():
+    """The request guard parses and type-checks the body once; the route's BentoML input
+    takes that object and never reads the body again (docs/service.md, Speed)."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from serving.schemas import EXAMPLE_INPUT, AssessRequest
+    from serving.service import AssessInput
+
+    parsed = AssessRequest.model_validate_json(json.dumps(EXAMPLE_INPUT))
+
+    async def receive():
+        raise AssertionError("the body was read a second time")
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/assess", "headers": [],
+             "state": {"assess_request": parsed}}
+    got = asyncio.run(AssessInput.from_http_request(Request(scope, receive), None))
+    assert got.clients is parsed.clients
+
+
+def test_service_freezes_the_loaded_model_out_of_garbage_collection(client):
+    """After start-up the bundle is frozen out of the cyclic collector and the young
+    generation is collected every ONTRACK_GC_THRESHOLD allocations (default 50,000)."""
+    import gc
+
+    from serving.settings import ServingSettings
+
+    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold()[0] == ServingSettings().gc_threshold == 50_000
+
+
 def test_serving_never_imports_training():
     for path in (REPO / "serving").glob("*.py"):
         tree = ast.parse(path.read_text())
