@@ -216,13 +216,8 @@ class _SimilarClients:
         if P.shape != (len(X), len(OPTIONS)) or not np.isfinite(P).all() or (P <= 0).any():
             raise ValueError(f"propensity must be a positive (n, {len(OPTIONS)}) array")
         keep = np.isfinite(y)
-        Z = X.loc[keep, names].to_numpy(float)
-        with np.errstate(invalid="ignore"):
-            mu = np.nanmean(np.where(np.isfinite(Z), Z, np.nan), axis=0)
-            sd = np.nanstd(np.where(np.isfinite(Z), Z, np.nan), axis=0)
         self.match_features_ = tuple(names)
-        self.mean_ = np.where(np.isfinite(mu), mu, 0.0)
-        self.scale_ = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+        self.mean_, self.scale_ = _standardiser(X.loc[keep, names].to_numpy(float))
         self.treatment_ = _codes(treatment)[keep]
         self.outcome_ = y[keep]
         self.propensity_ = P[keep]
@@ -618,13 +613,7 @@ class RLearnerUplift(_ModelDrivers, BaseEstimator):
         self.baseline_ = self._baseline().fit(M, z)
         r = z - m
         self.sigma_ = float(np.std(r))
-        raw = self._raw_basis(X.loc[keep])
-        raw = np.where(np.isfinite(raw), raw, np.nan)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column
-            mu, sd = np.nanmean(raw, axis=0), np.nanstd(raw, axis=0)
-        self.mean_b_ = np.where(np.isfinite(mu), mu, 0.0)
-        self.scale_b_ = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+        self.mean_b_, self.scale_b_ = _standardiser(self._raw_basis(X.loc[keep]))
         B1 = np.column_stack([np.ones(len(z)), self._basis(X.loc[keep])])
         T = np.eye(len(OPTIONS))[A][:, 1:] - P[:, 1:]
         F = (T[:, :, None] * B1[:, None, :]).reshape(len(z), -1)
@@ -678,6 +667,16 @@ class RLearnerUplift(_ModelDrivers, BaseEstimator):
             np.add.at(C.T, groups, (B * self.coef_[j, 1:][None, :]).T)
             contributions.append(C)
         return self._worded(X, base, contributions, top, floor=MIN_DRIVER)
+
+
+def _standardiser(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column: the mean and SD of the finite values; 0 and 1 for a column without any
+    (e.g. a checklist nobody filled in) or without spread."""
+    M = np.where(np.isfinite(M), M, np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column
+        mu, sd = np.nanmean(M, axis=0), np.nanstd(M, axis=0)
+    return np.where(np.isfinite(mu), mu, 0.0), np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
 
 
 #: Smallest contribution (reliable-change units, about 0.06 PHQ-9 points) worth naming.

@@ -212,6 +212,17 @@ def test_policy_evaluation_small_cohort(small_report):
     assert [r.value for r in again.results] == [r.value for r in rep.results]
 
 
+def test_policy_evaluation_without_the_checklist_blanks_it_for_everyone():
+    """--no-checklist: no policy or model sees the checklist, so the rules are the rules
+    without it and the models' rows carry no rating."""
+    from training.recommend_eval import evaluate_policies
+
+    rep = evaluate_policies(2500, seed=6, n_folds=2, checklist=False)
+    assert rep.params["checklist"] is False
+    assert rep.result("rules").value == rep.result("rules_without_checklist").value
+    assert rep.result("oracle").value > rep.result("rules").value
+
+
 def test_policy_values_are_logged_to_mlflow_beside_the_risk_models(small_report, tmp_path,
                                                                    monkeypatch):
     """One run in the OnTrack experiment: policy_value_<policy> for every policy, the gap

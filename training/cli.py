@@ -298,6 +298,9 @@ def recommend_eval(
         help="Fit the recommenders on a separate simulated archive of this many clients "
              "(seed + 1000); 0 = cross-fit within the cohort.", min=0)] = 0,
     folds: Annotated[int, typer.Option(help="Cross-fitting folds (archive 0).", min=2)] = 5,
+    checklist: Annotated[bool, typer.Option(
+        help="Give every policy and model the clinical-support checklist; --no-checklist "
+             "blanks it for all (a service without it).")] = True,
     log: Annotated[bool, typer.Option(help="Log an MLflow run.")] = True,
 ) -> None:
     """Policy value of the learned adaptation suggestions against the rules, a random choice
@@ -306,7 +309,7 @@ def recommend_eval(
 
     with _progress() as bar:
         task = bar.add_task("recommend-eval", total=None)
-        rep = evaluate_policies(clients, seed, folds, archive_clients,
+        rep = evaluate_policies(clients, seed, folds, archive_clients, checklist=checklist,
                                 progress=lambda m: bar.update(task, description=m))
     table = Table(title=f"Top-suggestion policies: {rep.n_flagged:,} flagged of "
                         f"{rep.n_clients:,} simulated clients ({rep.design})")

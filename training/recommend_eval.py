@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -307,12 +307,15 @@ class EvaluationReport:
 
 def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
                       archive_clients: int = 0, instrument: str = "PHQ-9",
+                      checklist: bool = True,
                       progress: Callable[[str], None] | None = None) -> EvaluationReport:
     """Policy values on a simulated cohort of ``n_clients`` (see the module docstring).
 
     ``archive_clients = 0``: the recommenders are cross-fitted by client on the cohort itself
     (``n_folds`` folds). ``archive_clients > 0``: they are fitted once on a separate archive
     cohort of that size (seed ``seed + 1000``) and evaluated on every flagged client.
+    ``checklist=False``: a service without the clinical-support checklist; its columns are
+    blanked for every policy and model (the same information for all).
     """
     from training.simulate import simulate_cohort
 
@@ -320,8 +323,9 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
     say = progress or (lambda _m: None)
     say(f"simulating {n_clients:,} clients (seed {seed})")
     cohort = simulate_cohort(n_clients, seed=seed, oracle_clients=0)
-    data = build_decision_data(cohort.sessions, cohort.clients, cohort.adaptations, instrument,
-                               truth=cohort.truth, seed=seed)
+    data = _without_checklist(build_decision_data(
+        cohort.sessions, cohort.clients, cohort.adaptations, instrument, truth=cohort.truth,
+        seed=seed), not checklist)
     n = len(data)
     say(f"{n:,} flagged clients; counterfactual outcomes under {len(OPTIONS)} options")
     Ys = counterfactual_matrices(cohort, data)
@@ -329,8 +333,7 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
     rng = np.random.default_rng([seed, 7])
     random_pick = rng.integers(1, len(OPTIONS), size=n)
     rules = rule_top(data.X, instrument, fallback=random_pick)
-    blank = data.X.copy()
-    blank[[c for c in CHECKLIST_FEATURES if c in blank.columns]] = np.nan
+    blank = _without_checklist(data, True).X
     picks: dict[str, np.ndarray] = {"rules": rules, "rules_or_none": rule_top(data.X, instrument),
                                     "rules_without_checklist": rule_top(blank, instrument,
                                                                         fallback=random_pick),
@@ -343,8 +346,9 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
     if archive_clients > 0:
         say(f"simulating the archive: {archive_clients:,} clients (seed {seed + 1000})")
         arch = simulate_cohort(archive_clients, seed=seed + 1000, oracle_clients=0)
-        train = build_decision_data(arch.sessions, arch.clients, arch.adaptations, instrument,
-                                    truth=arch.truth, seed=seed)
+        train = _without_checklist(build_decision_data(
+            arch.sessions, arch.clients, arch.adaptations, instrument, truth=arch.truth,
+            seed=seed), not checklist)
         splits = [(train, np.ones(n, dtype=bool), true_effects(arch, train))]
         design = (f"fitted on a separate archive of {archive_clients:,} simulated clients "
                   f"({len(train):,} decision rows), evaluated on all {n:,} flagged clients")
@@ -389,8 +393,18 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
                             time.perf_counter() - t0,
                             {"clients": n_clients, "seed": seed, "folds": n_folds,
                              "archive_clients": archive_clients, "instrument": instrument,
+                             "checklist": checklist,
                              "outcome": "reliably improved, intake to last observed score",
                              "propensities": data.propensity_source})
+
+
+def _without_checklist(data: DecisionData, blank: bool) -> DecisionData:
+    """``data`` with the checklist columns set to missing (as if never given) when ``blank``."""
+    if not blank:
+        return data
+    X = data.X.copy()
+    X[[c for c in CHECKLIST_FEATURES if c in X.columns]] = np.nan
+    return replace(data, X=X)
 
 
 def info_limit_top(X_train: pd.DataFrame, effects_train: np.ndarray, X: pd.DataFrame,
