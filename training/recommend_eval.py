@@ -188,7 +188,8 @@ POLICY_SHORT = {
     "neighbours": "nearest-neighbour advantage", "uplift_gbm": "gradient-boosted uplift",
     "r_learner": "R-learner", "rules": "rules (with the checklist)",
     "rules_or_none": "rules, none when silent", "rules_without_checklist":
-    "rules without the checklist", "info_limit": "information limit (not a recommender)", "random": "random", "observed": "simulated therapists",
+    "rules without the checklist", "info_limit": "information limit (not a recommender)",
+    "random": "random", "observed": "simulated therapists",
     "oracle": "oracle: truly best adaptation", "oracle_best_counterfactual":
     "oracle: best counterfactual outcome",
 }
@@ -394,7 +395,8 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
                             {"clients": n_clients, "seed": seed, "folds": n_folds,
                              "archive_clients": archive_clients, "instrument": instrument,
                              "checklist": checklist,
-                             "outcome": "reliably improved, intake to last observed score",
+                             "outcome": "reliably improved (and reliably recovered), "
+                                        "intake to last observed score",
                              "propensities": data.propensity_source})
 
 
