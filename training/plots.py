@@ -121,6 +121,7 @@ def policy_value_plot(results, labels: dict[str, str], title: str = ""):
                  "the rules)", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
+    fig.subplots_adjust(left=max(fig.subplotpars.left, 0.34))  # long policy names stay whole
     return fig
 
 
