@@ -301,12 +301,20 @@ def recommend_eval(
     checklist: Annotated[bool, typer.Option(
         help="Give every policy and model the clinical-support checklist; --no-checklist "
              "blanks it for all (a service without it).")] = True,
+    data: Annotated[Path | None, typer.Option(
+        help="Evaluate on this cohort's own records instead of a simulation (a clinic's "
+             "data: doubly robust estimates, no counterfactuals; --clients, "
+             "--archive-clients and --checklist do not apply).")] = None,
     log: Annotated[bool, typer.Option(help="Log an MLflow run.")] = True,
 ) -> None:
     """Policy value of the learned adaptation suggestions against the rules, a random choice
-    and the oracle, on a simulated cohort's counterfactual outcomes (docs/recommender.md)."""
+    and the oracle, on a simulated cohort's counterfactual outcomes; or, with --data, on a
+    cohort's own records (docs/recommender.md)."""
     from training.recommend_eval import LEARNED, POLICY_SHORT, evaluate_policies, log_to_mlflow
 
+    if data is not None:
+        _recommend_eval_on_data(data, seed, folds, log)
+        return
     with _progress() as bar:
         task = bar.add_task("recommend-eval", total=None)
         rep = evaluate_policies(clients, seed, folds, archive_clients, checklist=checklist,
@@ -331,6 +339,40 @@ def recommend_eval(
                          if name in rep.fallback_share else ""))
     if log:
         console.print(f"MLflow run: {log_to_mlflow(rep)}")
+
+
+def _recommend_eval_on_data(path: Path, seed: int, folds: int, log: bool) -> None:
+    from training.recommend_eval import (
+        POLICY_SHORT,
+        evaluate_cohort,
+        log_off_policy_to_mlflow,
+    )
+
+    cohort, _ = load_or_exit(path)
+    with _progress() as bar:
+        task = bar.add_task("recommend-eval", total=None)
+        try:
+            rep = evaluate_cohort(cohort.sessions, cohort.clients, cohort.adaptations,
+                                  n_folds=folds, seed=seed,
+                                  progress=lambda m: bar.update(task, description=m))
+        except ValueError as e:
+            bar.stop()
+            err.print(f"[red]error[/red]: {e}")
+            raise typer.Exit(1) from None
+    table = Table(title=f"Top-suggestion policies on {path.name}: {rep.design}")
+    for col in ("policy", "reliably improved (DR)", "vs rules (SE)", "IPW check",
+                "received it"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for r in rep.results:
+        table.add_row(POLICY_SHORT[r.policy], f"{100 * r.value:.1f}% ({100 * r.se:.1f})",
+                      f"{100 * r.diff_vs_rules:+.1f} ({100 * r.diff_se:.1f})",
+                      f"{100 * r.ipw:.1f}%", f"{r.matched:,}")
+    console.print(table)
+    console.print("Observational estimates: valid only if who received what depended on what "
+                  "the records hold. Propensities: " + rep.params["propensities"] + ".")
+    if log:
+        console.print(f"MLflow run: {log_off_policy_to_mlflow(rep, str(path))}")
+
 
 def _register_serving() -> None:
     """Serving's commands, if the serving package provides them (lazy import)."""

@@ -179,7 +179,8 @@ POLICY_LABELS = {
     "info_limit": "Information limit: a model of the true effects on the same features "
                   "(not a recommender)",
     "random": "Random adaptation (seeded)",
-    "observed": "What the simulated therapists chose",
+    "observed": "What the clients received (the simulated therapists' choices in simulation)",
+    "none": "No adaptation for anyone",
     "oracle": "Oracle: the truly best adaptation (truth.csv best_adaptation)",
     "oracle_best_counterfactual": "Oracle: the best counterfactual outcome per client",
 }
@@ -189,7 +190,7 @@ POLICY_SHORT = {
     "r_learner": "R-learner", "rules": "rules (with the checklist)",
     "rules_or_none": "rules, none when silent", "rules_without_checklist":
     "rules without the checklist", "info_limit": "information limit (not a recommender)",
-    "random": "random", "observed": "simulated therapists",
+    "random": "random", "observed": "what clients received", "none": "no adaptation",
     "oracle": "oracle: truly best adaptation", "oracle_best_counterfactual":
     "oracle: best counterfactual outcome",
 }
@@ -331,19 +332,8 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
     say(f"{n:,} flagged clients; counterfactual outcomes under {len(OPTIONS)} options")
     Ys = counterfactual_matrices(cohort, data)
     Y = Ys["reliable_improvement"]
-    rng = np.random.default_rng([seed, 7])
-    random_pick = rng.integers(1, len(OPTIONS), size=n)
-    rules = rule_top(data.X, instrument, fallback=random_pick)
-    blank = _without_checklist(data, True).X
-    picks: dict[str, np.ndarray] = {"rules": rules, "rules_or_none": rule_top(data.X, instrument),
-                                    "rules_without_checklist": rule_top(blank, instrument,
-                                                                        fallback=random_pick),
-                                    "random": random_pick,
-                                    "observed": _codes_of(data.treatment)}
-    fallback_share = {}
-    for name in LEARNED:
-        picks[name] = np.zeros(n, dtype=np.int64)
-        fallback_share[name] = 0.0
+    picks = baseline_picks(data, seed)
+    random_pick, rules = picks["random"], picks["rules"]
     if archive_clients > 0:
         say(f"simulating the archive: {archive_clients:,} clients (seed {seed + 1000})")
         arch = simulate_cohort(archive_clients, seed=seed + 1000, oracle_clients=0)
@@ -363,15 +353,9 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
     for f, (train, test, e_train) in enumerate(splits):
         say(f"information limit: fit {f + 1}/{len(splits)}")
         picks["info_limit"][test] = info_limit_top(train.X, e_train, data.X[test], seed)
-    for name in LEARNED:
-        for f, (train, test, _) in enumerate(splits):
-            say(f"{name}: fit {f + 1}/{len(splits)}")
-            model = fit_recommender(name, train, seed)
-            top = model.top_adaptation(data.X[test])
-            none = np.array([t is None for t in top])
-            chosen = np.array([0 if t is None else OPTIONS.index(t) for t in top])
-            picks[name][test] = np.where(none, rules[test], chosen)
-            fallback_share[name] += float(none.sum()) / n
+    learned, fallback_share = learned_picks(data, [(t, m) for t, m, _ in splits], rules, seed,
+                                            say)
+    picks.update(learned)
     best = cohort.truth.set_index("client_id")["best_adaptation"].reindex(
         pd.Index(data.client_id)).astype(object).to_numpy()
     best_idx = np.array([OPTIONS.index(b) if b in OPTIONS else -1 for b in best])
@@ -383,7 +367,7 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
     base = Y[rows, picks["rules"]]
     results = []
     for name in ("oracle_best_counterfactual", "oracle", "info_limit", *LEARNED, "rules",
-                 "rules_or_none", "rules_without_checklist", "random", "observed"):
+                 "rules_or_none", "rules_without_checklist", "random", "observed", "none"):
         v = Y[rows, picks[name]]
         d = v - base
         hit = (picks[name] == best_idx) | (any_best & (picks[name] >= 1))
@@ -398,6 +382,40 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
                              "outcome": "reliably improved (and reliably recovered), "
                                         "intake to last observed score",
                              "propensities": data.propensity_source})
+
+
+def baseline_picks(data: DecisionData, seed: int) -> dict[str, np.ndarray]:
+    """Indexes into OPTIONS of the policies that need no fitting: ``rules`` (a seeded random
+    adaptation where no rule fires), ``rules_or_none``, ``rules_without_checklist``,
+    ``random``, ``observed`` (what the client received) and ``none`` (no adaptation)."""
+    n = len(data)
+    random_pick = np.random.default_rng([seed, 7]).integers(1, len(OPTIONS), size=n)
+    blank = _without_checklist(data, True).X
+    return {"rules": rule_top(data.X, data.instrument, fallback=random_pick),
+            "rules_or_none": rule_top(data.X, data.instrument),
+            "rules_without_checklist": rule_top(blank, data.instrument, fallback=random_pick),
+            "random": random_pick, "observed": _codes_of(data.treatment),
+            "none": np.zeros(n, dtype=np.int64)}
+
+
+def learned_picks(data: DecisionData, splits: list[tuple[DecisionData, np.ndarray]],
+                  rules: np.ndarray, seed: int, say: Callable[[str], None]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Each learned recommender's top adaptation for every row of ``data``, fitted per split
+    ``(training rows, mask of the rows of data it chooses for)``; where a recommender falls
+    back, the rules' choice. Also the share of rows that fell back."""
+    n = len(data)
+    picks = {name: np.zeros(n, dtype=np.int64) for name in LEARNED}
+    fallback = dict.fromkeys(LEARNED, 0.0)
+    for name in LEARNED:
+        for f, (train, test) in enumerate(splits):
+            say(f"{name}: fit {f + 1}/{len(splits)}")
+            top = fit_recommender(name, train, seed).top_adaptation(data.X[test])
+            none = np.array([t is None for t in top])
+            chosen = np.array([0 if t is None else OPTIONS.index(t) for t in top])
+            picks[name][test] = np.where(none, rules[test], chosen)
+            fallback[name] += float(none.sum()) / n
+    return picks, fallback
 
 
 def _without_checklist(data: DecisionData, blank: bool) -> DecisionData:
@@ -473,4 +491,167 @@ def log_to_mlflow(report: EvaluationReport) -> str:
                                 f"Policy values, {report.design}"[:110])
         mlflow.log_figure(fig, "plots/policy_values.png")
         close(fig)
+        return run.info.run_id
+
+
+# ------------------------------------------------------------------------------------------
+# Off-policy evaluation on a cohort without counterfactuals (a clinic's own data)
+# ------------------------------------------------------------------------------------------
+#: Policies valued on real data (no oracle there).
+REAL_POLICIES = (*LEARNED, "rules", "rules_or_none", "random", "observed", "none")
+
+
+@dataclass
+class OffPolicyResult:
+    policy: str
+    value: float  # doubly robust estimate of the share reliably improved under the policy
+    se: float
+    ipw: float  # Hajek inverse-propensity estimate, a check on the outcome model
+    diff_vs_rules: float  # paired, doubly robust
+    diff_se: float
+    matched: int  # clients whose received option is the policy's choice
+    n: int  # clients with a known outcome
+
+
+@dataclass
+class OffPolicyReport:
+    results: list[OffPolicyResult]
+    n_flagged: int
+    n_known: int
+    design: str
+    fallback_share: dict[str, float]
+    seconds: float
+    params: dict = field(default_factory=dict)
+    picks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    data: DecisionData | None = field(default=None, repr=False)
+
+    def result(self, policy: str) -> OffPolicyResult:
+        return next(r for r in self.results if r.policy == policy)
+
+
+def dr_scores(y: np.ndarray, received: np.ndarray, propensity: np.ndarray, mu: np.ndarray,
+              pick: np.ndarray) -> np.ndarray:
+    """Per client, the doubly robust (augmented inverse-propensity) score of a policy that
+    chooses ``pick`` (Dudik, Langford & Li 2011; Athey & Wager 2021):
+    ``mu[pick] + 1[received = pick] / e(pick) * (y - mu[received])``. Its mean estimates the
+    policy's value; it is unbiased when either the propensities ``e`` or the outcome model
+    ``mu`` (n, options) is right."""
+    r = np.arange(len(y))
+    w = (received == pick) / propensity[r, pick]
+    return mu[r, pick] + w * (y - mu[r, received])
+
+
+def outcome_model(data: DecisionData, fold: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Cross-fitted P(reliably improved | decision row, option) for every option, (n, options):
+    per fold, a LightGBM classifier on the other folds' rows with a known outcome (the features
+    and the option received, one-hot)."""
+    from lightgbm import LGBMClassifier
+
+    M = data.X.to_numpy(float)
+    A = _codes_of(data.treatment)
+    onehot = np.eye(len(OPTIONS))
+    known = np.isfinite(data.outcome)
+    mu = np.full((len(data), len(OPTIONS)), np.nan)
+    for f in np.unique(fold):
+        train, test = known & (fold != f), fold == f
+        clf = LGBMClassifier(n_estimators=300, num_leaves=15, learning_rate=0.05,
+                             min_child_samples=50, random_state=seed, n_jobs=1, verbose=-1,
+                             deterministic=True, force_row_wise=True)
+        clf.fit(np.column_stack([M[train], onehot[A[train]]]), data.outcome[train])
+        for a in range(len(OPTIONS)):
+            mu[test, a] = clf.predict_proba(
+                np.column_stack([M[test], np.tile(onehot[a], (int(test.sum()), 1))]))[:, 1]
+    return mu
+
+
+def off_policy_values(data: DecisionData, picks: dict[str, np.ndarray], mu: np.ndarray,
+                      policies: tuple[str, ...] = REAL_POLICIES) -> list[OffPolicyResult]:
+    """Doubly robust and IPW values of each policy on the clients with a known outcome, with
+    paired differences from the rules. ``observed`` is on-policy: its value is the plain mean
+    of the outcomes."""
+    known = np.isfinite(data.outcome)
+    y, A, P, M = (data.outcome[known], _codes_of(data.treatment)[known],
+                  data.propensity[known], mu[known])
+    m = int(known.sum())
+    scores = {name: (y if name == "observed" else dr_scores(y, A, P, M, picks[name][known]))
+              for name in policies}
+    base = scores["rules"]
+    out = []
+    for name in policies:
+        pk = picks[name][known]
+        w = (A == pk) / P[np.arange(m), pk]
+        ipw = float((w * y).sum() / w.sum()) if w.sum() > 0 else float("nan")
+        d = scores[name] - base
+        out.append(OffPolicyResult(name, float(scores[name].mean()),
+                                   float(scores[name].std(ddof=1) / np.sqrt(m)), ipw,
+                                   float(d.mean()), float(d.std(ddof=1) / np.sqrt(m)),
+                                   int((A == pk).sum()), m))
+    return out
+
+
+def evaluate_cohort(sessions: pd.DataFrame, clients: pd.DataFrame | None,
+                    adaptations: pd.DataFrame | None, instrument: str = "PHQ-9",
+                    n_folds: int = 5, seed: int = 1,
+                    progress: Callable[[str], None] | None = None) -> OffPolicyReport:
+    """Policy values on a cohort's own records, without counterfactuals (a clinic's data).
+
+    The decision rows and fitted propensities of `build_decision_data`; the recommenders and
+    an outcome model cross-fitted by client (``n_folds``); each policy valued by its doubly
+    robust score on the clients with a known outcome (`off_policy_values`). Observational:
+    valid only when who received what depended on what the rows record (no unmeasured
+    confounding) and every option had a chance (the propensities are floored at 0.02).
+    """
+    t0 = time.perf_counter()
+    say = progress or (lambda _m: None)
+    say("decision rows and propensities")
+    data = build_decision_data(sessions, clients, adaptations, instrument, seed=seed)
+    n = len(data)
+    if n < 10 * n_folds or not np.isfinite(data.outcome).any():
+        raise ValueError(f"only {n} off-track clients with a decision row: too few to evaluate")
+    fold = np.random.default_rng([seed, 11]).integers(0, n_folds, size=n)
+    picks = baseline_picks(data, seed)
+    splits = [(data.subset(fold != f), fold == f) for f in range(n_folds)]
+    learned, fallback = learned_picks(data, splits, picks["rules"], seed, say)
+    picks.update(learned)
+    say("outcome model (cross-fitted)")
+    mu = outcome_model(data, fold, seed)
+    results = off_policy_values(data, picks, mu)
+    known = int(np.isfinite(data.outcome).sum())
+    design = (f"{n_folds}-fold cross-fitting by client; doubly robust values on the {known:,} "
+              f"of {n:,} off-track clients with a known outcome")
+    return OffPolicyReport(results, n, known, design, fallback, time.perf_counter() - t0,
+                           {"folds": n_folds, "seed": seed, "instrument": instrument,
+                            "outcome": "reliably improved, intake to last observed score",
+                            "propensities": data.propensity_source,
+                            "estimator": "doubly robust (AIPW), cross-fitted LightGBM "
+                                         "outcome model"},
+                           picks, data)
+
+
+def log_off_policy_to_mlflow(report: OffPolicyReport, source: str) -> str:
+    """One MLflow run in the OnTrack experiment (tag ``kind=recommender-evaluation-
+    observational``): ``policy_value_dr_<policy>``, ``policy_value_dr_se_<policy>``,
+    ``policy_value_dr_diff_vs_rules_<policy>`` and the table ``tables/policy_values_dr.json``.
+    Returns the run id."""
+    import mlflow
+
+    from training.tracking import configure, git_commit
+
+    configure()
+    with mlflow.start_run(run_name="recommend-eval-observational") as run:
+        mlflow.set_tags({"kind": "recommender-evaluation-observational",
+                         "git_commit": git_commit(), "design": report.design,
+                         "data": source})
+        mlflow.log_params(report.params)
+        for r in report.results:
+            mlflow.log_metric(f"policy_value_dr_{r.policy}", r.value)
+            mlflow.log_metric(f"policy_value_dr_se_{r.policy}", r.se)
+            mlflow.log_metric(f"policy_value_dr_diff_vs_rules_{r.policy}", r.diff_vs_rules)
+        mlflow.log_metric("n_flagged", report.n_flagged)
+        mlflow.log_metric("n_known_outcome", report.n_known)
+        mlflow.log_table(pd.DataFrame([{
+            "policy": r.policy, "label": POLICY_LABELS.get(r.policy, r.policy),
+            "policy_value_dr": r.value, "se": r.se, "ipw": r.ipw,
+            "diff_vs_rules": r.diff_vs_rules, "diff_se": r.diff_se, "matched": r.matched,
+            "n": r.n} for r in report.results]), artifact_file="tables/policy_values_dr.json")
         return run.info.run_id
