@@ -202,8 +202,13 @@ _ENTRIES: tuple[Instrument, ...] = (
         source="Connell et al. 2007, Br J Psychiatry 190:69 (n = 10,761): cut-off 10 (9.9) on "
         "the 0-40 clinical score; RCI about 5 (VERIFY)",
         verified=False,
+        # Risk domain (Evans et al. 2002, Br J Psychiatry 180:51; CORE-OM scoring guide):
+        # risk to self items 9 ("I have thought of hurting myself"), 16 ("I made plans to
+        # end my life", CORE-10 item 6), 24 and 34; risk to others items 6 and 22.
+        risk_items=(6, 9, 16, 22, 24, 34),
         notes="Clinical score = item mean x 10, so totals are not integers and items do not sum "
-        "to the score.",
+        "to the score. Risk items from the CORE-OM risk domain (Evans et al. 2002; CORE System "
+        "Trust scoring guide).",
     ),
     Instrument(
         code="BDI-II",

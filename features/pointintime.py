@@ -36,7 +36,10 @@ import pandas as pd
 
 from features.instruments import REGISTRY, Instrument, Role, get
 
-FEATURE_VERSION: str = "1.1.0"  # 1.1.0: the clinical-support checklist items
+#: 1.1.0: the clinical-support checklist items. 1.2.0: alliance features use the ratings of the
+#: sessions BEFORE t by default (a rating is given at the end of its session, after the
+#: assessment a therapist sees at its start); `other_clinical_latest`.
+FEATURE_VERSION: str = "1.2.0"
 
 
 def _checklist_domains() -> tuple[str, ...]:
@@ -78,6 +81,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "risk_item_latest",
     "risk_item_ever",
     "other_severity_latest",
+    "other_clinical_latest",
     "days_since_intake",
     *CHECKLIST_FEATURES,
 )
@@ -231,7 +235,7 @@ Columns = pd.DataFrame | Mapping[str, Sequence | np.ndarray]
 
 def point_in_time(sessions: Columns, instrument: str = "PHQ-9",
                   at: Iterable[int] | None = DEFAULT_AT,
-                  alliance: str | None = "auto") -> FeatureFrame:
+                  alliance: str | None = "auto", alliance_lag: bool = True) -> FeatureFrame:
     """Features as of session t, one row per (client, t).
 
     ``sessions`` is a contract-typed frame (client_id, session, instrument, score; optional
@@ -242,6 +246,11 @@ def point_in_time(sessions: Columns, instrument: str = "PHQ-9",
     (the client is still in care at t). ``at=None``: one row per client, as of its latest
     primary score (the serving case). ``alliance="auto"`` uses every alliance instrument in
     the input (SRS before WAI-SR when a session has both); a code forces one; None drops it.
+
+    ``alliance_lag=True`` (the default): the alliance features as of t use only ratings of
+    sessions before t. An alliance rating (SRS, WAI-SR) is filled in at the END of its session,
+    while the assessment at session t is usually shown at its start, so the rating of session
+    t was not known then. ``False`` includes it (an assessment made after the session).
     """
     prim = get(instrument)
     if prim.role is not Role.OUTCOME:
@@ -310,7 +319,7 @@ def point_in_time(sessions: Columns, instrument: str = "PHQ-9",
     allied = np.array([reg.index[c] for c in _alliance_codes(alliance, present)], dtype=np.int64)
     values, q_client, q_session = _features_from_arrays(
         client, session, inst, score, risk, day, primary=reg.index[instrument],
-        alliance=allied, at=at_arr, support=support)
+        alliance=allied, at=at_arr, support=support, alliance_lag=alliance_lag)
     index = pd.RangeIndex(len(values))
     X = pd.DataFrame(values, columns=_feature_columns(), index=index, copy=False)
     keys = pd.DataFrame({"client_id": take_ids(q_client), "session": q_session}, index=index,
@@ -389,7 +398,7 @@ def _at(grid: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
 def _features_from_arrays(client: np.ndarray, session: np.ndarray, inst: np.ndarray,
                           score: np.ndarray, risk: np.ndarray, day: np.ndarray, *,
                           primary: int, alliance: np.ndarray, at: np.ndarray | None,
-                          support: np.ndarray | None = None
+                          support: np.ndarray | None = None, alliance_lag: bool = True
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The feature core on plain arrays, one entry per input row (any order).
 
@@ -398,16 +407,19 @@ def _features_from_arrays(client: np.ndarray, session: np.ndarray, inst: np.ndar
     day: date in days (NaN = unknown); primary: registry position of the primary instrument;
     alliance: registry positions of alliance instruments in priority order; at: sorted
     sessions to report (None = each client's latest primary score); support: None, or
-    (rows, len(CHECKLIST_DOMAINS)) checklist ratings (NaN = not rated on that row).
+    (rows, len(CHECKLIST_DOMAINS)) checklist ratings (NaN = not rated on that row);
+    alliance_lag: alliance features from the sessions before t only.
 
     Returns (values (Q, len(FEATURE_NAMES)), client code per row, session per row), rows
     ordered by client code then session.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _core(client, session, inst, score, risk, day, primary, alliance, at, support)
+        return _core(client, session, inst, score, risk, day, primary, alliance, at, support,
+                     alliance_lag)
 
 
-def _core(client, session, inst, score, risk, day, primary, alliance, at, support=None):
+def _core(client, session, inst, score, risk, day, primary, alliance, at, support=None,
+          alliance_lag=True):
     reg = _reg()
     nf = len(FEATURE_NAMES)
     empty = (np.empty((0, nf)), np.empty(0, np.int64), np.empty(0, np.int64))
@@ -469,7 +481,8 @@ def _core(client, session, inst, score, risk, day, primary, alliance, at, suppor
     if hib:
         sevP = 1.0 - sevP
 
-    # Other outcome instruments: mean severity per cell.
+    # Other outcome instruments: mean severity per cell, and whether any of them with a
+    # cut-off is in its clinical range there.
     known = inst >= 0
     other = known & ~np.isnan(score)
     other[known] &= reg.outcome[inst[known]] & (inst[known] != primary)
@@ -481,6 +494,14 @@ def _core(client, session, inst, score, risk, day, primary, alliance, at, suppor
     o_cnt = np.add.reduceat(other.astype(np.float64), cell_start)
     Oth = grid()
     Oth[cell_seg, cell_col] = np.where(o_cnt > 0, o_sum / np.maximum(o_cnt, 1), np.nan)
+    clin_row = np.full(n, np.nan)
+    cut = reg.cutoff[io]
+    has_cut = np.isfinite(cut)
+    clin_row[np.flatnonzero(other)[has_cut]] = np.where(
+        reg.hib[io][has_cut], score[other][has_cut] < cut[has_cut],
+        score[other][has_cut] >= cut[has_cut])
+    Ocl = grid()
+    Ocl[cell_seg, cell_col] = np.fmax.reduceat(clin_row, cell_start)
 
     # Alliance: first instrument in priority order that was scored at the cell.
     A, A_raw, A_cut = grid(), grid(), grid()
@@ -570,19 +591,23 @@ def _core(client, session, inst, score, risk, day, primary, alliance, at, suppor
         gaps = np.maximum.accumulate(np.diff(S, axis=1), axis=1)
         out[:, _COL["max_gap"]] = _at(gaps, q_seg, q_col - 1)
 
-    # ---- alliance --------------------------------------------------------------------------
+    # ---- alliance (by default from the sessions before t: see point_in_time) -------------
     if len(alliance):
         lastA = _ffill_index(Av)
-        la = lastA[q_seg, q_col]
+        qa = q_col - 1 if alliance_lag else q_col
+        ok = qa >= 0
+        qa0 = np.maximum(qa, 0)
+        la = np.where(ok, lastA[q_seg, qa0], -1)
         a_latest = _at(A, q_seg, la)
         out[:, _COL["alliance_latest"]] = a_latest
-        out[:, _COL["alliance_min"]] = np.fmin.accumulate(A, axis=1)[q_seg, q_col]
+        a_min = np.fmin.accumulate(A, axis=1)[q_seg, qa0]
+        out[:, _COL["alliance_min"]] = np.where(ok, a_min, np.nan)
         lp = np.where(la >= 1, lastA[q_seg, np.maximum(la - 1, 0)], -1)
         out[:, _COL["alliance_drop"]] = _at(A, q_seg, lp) - a_latest
         raw, cut = _at(A_raw, q_seg, la), _at(A_cut, q_seg, la)
         out[:, _COL["alliance_below_cutoff"]] = np.where(np.isnan(raw) | np.isnan(cut), np.nan,
                                                          (raw < cut).astype(np.float64))
-        out[:, _COL["alliance_n"]] = np.cumsum(Av, axis=1)[q_seg, q_col]
+        out[:, _COL["alliance_n"]] = np.where(ok, np.cumsum(Av, axis=1)[q_seg, qa0], 0.0)
     else:
         out[:, _COL["alliance_n"]] = 0.0
 
@@ -592,6 +617,7 @@ def _core(client, session, inst, score, risk, day, primary, alliance, at, suppor
     ever = np.fmax.accumulate(R, axis=1)[q_seg, q_col]
     out[:, _COL["risk_item_ever"]] = np.where(np.isnan(ever), np.nan, (ever > 0) * 1.0)
     out[:, _COL["other_severity_latest"]] = _at(Oth, q_seg, _ffill_index(~np.isnan(Oth))[q_seg, q_col])
+    out[:, _COL["other_clinical_latest"]] = _at(Ocl, q_seg, _ffill_index(~np.isnan(Ocl))[q_seg, q_col])
     out[:, _COL["days_since_intake"]] = D[q_seg, q_col] - D[np.arange(n_seg), first][q_seg]
 
     # ---- clinical-support checklist: latest rating per domain at or before t ---------------

@@ -24,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from models.expected import DEVIATION_COLUMN, ExpectedDeviation
 from models.risk import (
+    NOT_RISK_INPUTS,
     _FeatureContract,
     binary_scores,
     canonical_order,
@@ -37,7 +38,7 @@ class LogisticRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
     """Median imputation + missing indicators + standardisation + logistic regression.
 
     ``fit(X, y, groups)`` as for `GBMRisk`; ``features`` selects model inputs (default: all
-    feature columns, plus ``expected_deviation``). No minimum-data guard beyond needing at
+    feature columns except `models.risk.NOT_RISK_INPUTS`, plus ``expected_deviation``). No minimum-data guard beyond needing at
     least ``n_splits`` clients.
     """
 
@@ -71,7 +72,8 @@ class LogisticRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
             raise ValueError("LogisticRisk.fit needs groups (a client id per row) for the "
                              "threshold folds")
         self._remember_features(frame, version)
-        base = list(frame.columns) if self.features is None else list(self.features)
+        base = ([c for c in frame.columns if c not in NOT_RISK_INPUTS]
+                if self.features is None else list(self.features))
         names = [c for c in base if c != DEVIATION_COLUMN] + [DEVIATION_COLUMN]
         y = known_target(y, len(frame))
         groups = np.asarray(groups)
@@ -81,6 +83,7 @@ class LogisticRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
         if n_cases < self.n_splits:
             raise ValueError(f"LogisticRisk needs at least {self.n_splits} clients; got {n_cases}")
         order = canonical_order(groups, frame["session"].to_numpy(float))
+        rows = np.flatnonzero(keep)[order]
         frame = frame.iloc[order].reset_index(drop=True)
         y, groups = y[order], groups[order]
 
@@ -90,6 +93,8 @@ class LogisticRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
             fold = clone(template).fit(frame.iloc[train], y[train])
             oof[test] = fold.predict_proba(frame.iloc[test])[:, 1]
         self.threshold_ = choose_threshold(y, oof, self.threshold_rule, self.min_sensitivity)
+        self.oof_proba_ = oof
+        self.oof_rows_ = rows  # position of each out-of-fold value among the fitted rows
         self.pipeline_ = clone(template).fit(frame, y)
         self.feature_names_ = np.asarray(names, dtype=object)
         self.classes_ = np.array([0, 1])
@@ -121,6 +126,10 @@ class LogisticRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
         indicator folded into the feature. Shape (n, n_features + 1), intercept last; each row
         sums to `predict_logit`."""
         return self.contributions_from_matrix(self.transform_features(X))
+
+    def logit_from_matrix(self, M: np.ndarray) -> np.ndarray:
+        """Log-odds for a matrix built by `transform_features`."""
+        return self.contributions_from_matrix(M).sum(axis=1)
 
     def contributions_from_matrix(self, M: np.ndarray) -> np.ndarray:
         """`contributions` for a matrix built by `transform_features`."""

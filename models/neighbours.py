@@ -225,19 +225,42 @@ class NeighbourNavigator(_FeatureContract, BaseEstimator):
         return np.nan_to_num((Z - self.mean_) / self.scale_)
 
     def _query(self, t: int, Zq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest reference points at session index t. A request's few rows are searched
-        by brute force in NumPy (the tree's per-call checks cost more than the search);
-        batches use the tree. Both give exact Euclidean neighbours, nearest first."""
+        """k nearest reference points at session index t, nearest first, ties broken by
+        reference position, so that a client gets the same neighbours alone or in a batch of
+        any size (ties are common: at intake many clients share the same scores). A request's
+        few rows are searched by brute force in NumPy (the tree's per-call checks cost more
+        than the search); batches use the tree, asked for extra candidates so that the tie
+        group at the k-th distance can be ordered; rows whose tie group reaches past the
+        candidates are searched by brute force."""
         points = getattr(self, "points_", None)
         if points is None or len(Zq) > 16:
-            return self.trees_[t].kneighbors(Zq, n_neighbors=k)
-        P = points[t]
-        d2 = ((P[None, :, :] - Zq[:, None, :]) ** 2).sum(axis=2)
-        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
-        pd2 = np.take_along_axis(d2, part, axis=1)
-        order = np.lexsort((part, pd2), axis=1)  # by distance, ties by position (as the tree)
-        local = np.take_along_axis(part, order, axis=1)
-        return np.sqrt(np.take_along_axis(pd2, order, axis=1)), local
+            tree = self.trees_[t]
+            n_ref = tree.n_samples_fit_
+            m = min(2 * k, n_ref)
+            d, idx = tree.kneighbors(Zq, n_neighbors=m)
+            order = np.lexsort((idx, d), axis=1)[:, :k]
+            d_k, i_k = (np.take_along_axis(a, order, axis=1) for a in (d, idx))
+            if points is None:
+                return d_k, i_k
+            unsure = (d[:, -1] <= d_k[:, -1]) & (m < n_ref)
+            if unsure.any():
+                d_k[unsure], i_k[unsure] = self._brute(points[t], Zq[unsure], k)
+            return d_k, i_k
+        return self._brute(points[t], Zq, k)
+
+    @staticmethod
+    def _brute(P: np.ndarray, Zq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        out_d, out_i = np.empty((len(Zq), k)), np.empty((len(Zq), k), dtype=np.int64)
+        for start in range(0, len(Zq), 64):  # bounded memory: 64 x reference x features
+            z = Zq[start:start + 64]
+            d2 = ((P[None, :, :] - z[:, None, :]) ** 2).sum(axis=2)
+            kth = np.partition(d2, k - 1, axis=1)[:, k - 1]
+            for r in range(len(z)):  # every point up to the k-th distance, ties included
+                cand = np.flatnonzero(d2[r] <= kth[r])
+                pick = cand[np.lexsort((cand, d2[r, cand]))[:k]]
+                out_d[start + r] = np.sqrt(d2[r, pick])
+                out_i[start + r] = pick
+        return out_d, out_i
 
     def kneighbors(self, X, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, reference positions), each (n, n_neighbors), nearest first.

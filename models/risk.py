@@ -43,6 +43,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from features.instruments import get
 from features.pointintime import (
+    CHECKLIST_FEATURES,
     FEATURE_NAMES,
     FEATURE_VERSION,
     FeatureFrame,
@@ -53,7 +54,7 @@ from models.expected import DEVIATION_COLUMN, ExpectedDeviation
 
 __all__ = [
     "MIN_TRAINING_CASES", "InsufficientDataError", "FeatureMismatchError", "GBMRisk",
-    "monotone_directions", "choose_threshold",
+    "monotone_directions", "choose_threshold", "model_inputs", "NOT_RISK_INPUTS",
 ]
 
 #: Giesemann et al. 2023 (n = 49,602): LightGBM needed about 300 training cases (clients).
@@ -99,10 +100,24 @@ _DROPOUT = {
 }
 
 
-#: Features left out of a target's model by default. ``variability`` moves in either direction
-#: when the latest score gets worse, so no monotone constraint on it can guarantee that a
-#: worse latest score never lowers the risk of not improving; it stays in the dropout model.
-_EXCLUDED = {"failed": ("variability",), "dropped_out": ()}
+#: Features never given to a risk model. Risk-item answers: a risk item raises the safety flag
+#: on its own, whatever any model says, and must never be averaged into (or offset inside) a
+#: risk estimate or appear as one of its drivers. Checklist ratings: the clinical-support
+#: checklist is given when a client is already not on track, so whether one exists says more
+#: about the therapist's earlier judgement than about the client; its ratings serve the
+#: suggestions (rules and recommender), not the risk.
+NOT_RISK_INPUTS: tuple[str, ...] = ("risk_item_latest", "risk_item_ever", *CHECKLIST_FEATURES)
+#: Features left out of one target's model by default. ``variability`` moves in either
+#: direction when the latest score gets worse, so no monotone constraint on it can guarantee
+#: that a worse latest score never lowers the risk of not improving; it stays in the dropout
+#: model.
+_EXCLUDED = {"failed": ("variability", *NOT_RISK_INPUTS), "dropped_out": NOT_RISK_INPUTS}
+
+
+def model_inputs(target: str, columns: Sequence[str]) -> list[str]:
+    """The feature columns a risk model of ``target`` uses by default (in column order)."""
+    drop = _EXCLUDED.get(target, NOT_RISK_INPUTS)
+    return [c for c in columns if c not in drop]
 
 
 def monotone_directions(target: str, instrument: str) -> dict[str, int]:
@@ -236,8 +251,8 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
 
     # ---------------------------------------------------------------------------- fitting
     def _model_features(self, columns: Sequence[str]) -> list[str]:
-        base = ([c for c in columns if c not in _EXCLUDED.get(self.target, ())]
-                if self.features is None else list(self.features))
+        base = (model_inputs(self.target, columns) if self.features is None
+                else list(self.features))
         unknown = [c for c in base if c not in columns]
         if unknown:
             raise ValueError(f"features not in the feature rows: {unknown}")
@@ -292,6 +307,7 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
         if not np.isin(y, (0.0, 1.0)).all() or len(np.unique(y)) < 2:
             raise ValueError("y must be 0/1 with both classes present")
         order = canonical_order(groups, frame["session"].to_numpy(float))
+        rows = np.flatnonzero(keep)[order]
         frame = frame.iloc[order].reset_index(drop=True)
         y, groups = y[order], groups[order]
 
@@ -320,6 +336,8 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
         self.threshold_ = threshold
         self.classes_ = np.array([0, 1])
         self.oof_logit_ = a * oof + b
+        self.oof_proba_ = p_oof
+        self.oof_rows_ = rows  # position of each out-of-fold value among the fitted rows
         self.cv_scores_ = {**binary_scores(y, p_oof, threshold), "n_rows": float(len(y)),
                            "n_clients": float(n_cases)}
         self.n_training_cases_ = n_cases
@@ -359,6 +377,13 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
                                    num_threads=self.n_jobs) * a
         phi[:, -1] += b
         return phi
+
+    def logit_from_matrix(self, M: np.ndarray) -> np.ndarray:
+        """Calibrated log-odds for a model matrix built by `transform_features` (the flag
+        policy reads the risk at every past session; no contributions needed there)."""
+        check_is_fitted(self, "booster_")
+        a, b = self.calibration_
+        return a * self.booster_.predict(M, raw_score=True, num_threads=self.n_jobs) + b
 
     def contributions_from_matrix(self, M: np.ndarray) -> np.ndarray:
         """`contributions` for a model matrix already built by `transform_features` (the

@@ -249,8 +249,11 @@ def test_neighbours_never_return_the_query_client(navigator, cohort):
     ff, _, _ = cohort
     own = reference_positions(ff.keys["client_id"])
     dist, idx = navigator.kneighbors(ff)
-    # without exclusion an in-sample row finds itself at distance 0 ...
-    assert (idx == own[:, None]).any(axis=1).all() and (dist[:, 0] == 0).all()
+    # without exclusion an in-sample row finds itself at distance 0 (unless more than k
+    # clients share its vector exactly: at intake many have the same scores) ...
+    assert (dist[:, 0] == 0).all()
+    unique = dist[:, -1] > 0
+    assert unique.mean() > 0.5 and (idx == own[:, None]).any(axis=1)[unique].all()
     # ... with it, never
     dist, idx = navigator.kneighbors(ff, exclude=own)
     assert idx.shape == (len(own), 25) and not (idx == own[:, None]).any()

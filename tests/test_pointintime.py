@@ -131,9 +131,11 @@ def test_hand_computed_four_sessions():
     Successive severity differences (-3, -5, +2)/27: mean -2/27, squared deviations 1, 9, 16
     -> variance 26/2/27^2 -> SD sqrt(13)/27. Slope: OLS of (20, 17, 12, 14)/27 on
     log(1, 2, 4, 5). Attended 1, 2, 4, 5: 4 attended, 1 missed, largest jump 2.
-    SRS normalised 0.95, 0.85, 0.90: latest 0.90, min 0.85, drop 0.85 - 0.90 = -0.05;
-    36 is not below the cut-off 36 -> 0; 3 alliance scores. Item 9 not assessed at session 5
-    -> NaN, but 1 at intake -> ever = 1. Latest GAD-7 at or before 5 is 9 -> 9/21.
+    SRS normalised 0.95, 0.85, 0.90 at sessions 1, 2, 5. The rating of session 5 is given at
+    its end, after the assessment, so by default only sessions 1 and 2 count: latest 0.85,
+    min 0.85, drop 0.95 - 0.85 = 0.10; 34 is below the cut-off 36 -> 1; 2 alliance scores.
+    Item 9 not assessed at session 5 -> NaN, but 1 at intake -> ever = 1. Latest GAD-7 at or
+    before 5 is 9 -> 9/21, at or above its cut-off 8 -> in the clinical range.
     Dates: 28 days since intake.
     """
     ff = point_in_time(frame(HAND, HAND_ITEMS))
@@ -148,22 +150,37 @@ def test_hand_computed_four_sessions():
         "change_rc": 1.0, "change_frac": 0.3, "slope_log": slope,
         "variability": math.sqrt(13) / 27, "early_change_rc": 0.5,
         "max_improvement_rc": 8 / 6, "sessions_attended": 4, "sessions_missed": 1,
-        "max_gap": 2, "alliance_latest": 0.9, "alliance_min": 0.85, "alliance_drop": -0.05,
-        "alliance_below_cutoff": 0, "alliance_n": 3, "risk_item_latest": np.nan,
-        "risk_item_ever": 1, "other_severity_latest": 9 / 21, "days_since_intake": 28,
+        "max_gap": 2, "alliance_latest": 0.85, "alliance_min": 0.85, "alliance_drop": 0.10,
+        "alliance_below_cutoff": 1, "alliance_n": 2, "risk_item_latest": np.nan,
+        "risk_item_ever": 1, "other_severity_latest": 9 / 21, "other_clinical_latest": 1,
+        "days_since_intake": 28,
         **{name: np.nan for name in CHECKLIST_FEATURES},  # no checklist given
     }
     assert set(expected) == set(FEATURE_NAMES)
     for name, value in expected.items():
         assert row[name] == pytest.approx(value, abs=1e-12, nan_ok=True), name
 
-    t2 = ff.X.iloc[1]  # as of session 2: early change uses session 2; SRS fell 38 -> 34
+    t2 = ff.X.iloc[1]  # as of session 2: early change uses session 2; only SRS 38 of s1
     assert t2["early_change_rc"] == pytest.approx(0.5)
-    assert t2["alliance_drop"] == pytest.approx(0.1)
-    assert t2["alliance_below_cutoff"] == 1
+    assert t2["alliance_latest"] == pytest.approx(0.95)
+    assert math.isnan(t2["alliance_drop"])  # one rating before session 2
+    assert t2["alliance_below_cutoff"] == 0
+    assert t2["other_clinical_latest"] == 1  # GAD-7 15 carried from session 1
     assert math.isnan(t2["variability"])  # fewer than 3 scores
     assert t2["slope_log"] == pytest.approx(-3 / 27 / math.log(2))
     assert t2["other_severity_latest"] == pytest.approx(15 / 21)  # GAD-7 carried from 1
+
+
+def test_alliance_of_the_assessed_session_when_asked():
+    """``alliance_lag=False`` (an assessment made after the session's rating): as of t = 5 the
+    SRS of session 5 counts: latest 0.90, min 0.85, drop 0.85 - 0.90 = -0.05, 36 is not
+    below the cut-off 36, 3 scores. At intake the default has no alliance at all."""
+    row = point_in_time(frame(HAND, HAND_ITEMS), alliance_lag=False).X.iloc[-1]
+    for name, value in {"alliance_latest": 0.9, "alliance_min": 0.85, "alliance_drop": -0.05,
+                        "alliance_below_cutoff": 0, "alliance_n": 3}.items():
+        assert row[name] == pytest.approx(value, abs=1e-12), name
+    intake = point_in_time(frame(HAND, HAND_ITEMS)).X.iloc[0]
+    assert math.isnan(intake["alliance_latest"]) and intake["alliance_n"] == 0
 
 
 def test_serving_row_is_the_latest_row():
@@ -336,8 +353,10 @@ def test_risk_item_states():
 def test_alliance_choice_and_wai():
     rows = [("w", 1, "PHQ-9", 12), ("w", 1, "WAI-SR", 4.0), ("w", 2, "PHQ-9", 10),
             ("w", 2, "WAI-SR", 3.0)]
-    x = point_in_time(frame(rows)).X.iloc[-1]
+    x = point_in_time(frame(rows), alliance_lag=False).X.iloc[-1]
     assert x["alliance_latest"] == pytest.approx(0.5) and x["alliance_drop"] == pytest.approx(0.25)
+    before = point_in_time(frame(rows)).X.iloc[-1]  # default: only the rating of session 1
+    assert before["alliance_latest"] == pytest.approx(0.75) and math.isnan(before["alliance_drop"])
     assert math.isnan(x["alliance_below_cutoff"])  # WAI-SR has no published cut-off
     none = point_in_time(frame(rows), alliance=None).X.iloc[-1]
     assert math.isnan(none["alliance_latest"]) and none["alliance_n"] == 0
