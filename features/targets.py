@@ -1,17 +1,29 @@
 """Outcome targets, defined once for simulated and real cohorts alike.
 
-`failed` (not reliably improved by the end of care), on the primary instrument (PHQ-9 by
-default, any registered outcome instrument otherwise):
+Two definitions of "not reliably improved", chosen per training run (``--target``):
+
+``failed`` (the default), on the primary instrument (PHQ-9 by default, any registered outcome
+instrument otherwise):
   1  when the intake score is in the clinical range (PHQ-9 >= 10), the client has at least two
      scores and the last is not a reliable improvement on intake (PHQ-9: not at least 6 points
      below intake);
   0  when it is;
   missing when the intake is not in the clinical range, there is a single score, or the client
      is still in care (`end_status == "ongoing"`).
-`dropped_out` = 1 when `end_status == "dropout"`, 0 for `finished`, missing for `ongoing`.
 
-Sources: NHS Talking Therapies manual (reliable improvement on PHQ-9 = a fall of >= 6 points;
-caseness >= 10), Jacobson & Truax 1991.
+``failed_nhs``, the NHS Talking Therapies paired rule (PHQ-9 and GAD-7 scored at the same
+sessions; `features.change.nhs_outcomes`):
+  1  when the first paired scores are at caseness (PHQ-9 >= 10 or GAD-7 >= 8), there are at
+     least two paired scores and the course is not a reliable improvement (PHQ-9 falls by >= 6
+     or GAD-7 by >= 4, and neither reliably deteriorates);
+  0  when it is; missing otherwise (as above).
+
+`deteriorated` = reliable deterioration first vs last (the instrument's threshold, or the NHS
+rule for ``failed_nhs``); `dropped_out` = 1 when `end_status == "dropout"`, 0 for `finished`,
+missing for `ongoing`.
+
+Sources: NHS Talking Therapies manual (reliable improvement on PHQ-9 = a fall of >= 6 points,
+GAD-7 >= 4; caseness PHQ-9 >= 10, GAD-7 >= 8), Jacobson & Truax 1991.
 """
 
 from __future__ import annotations
@@ -19,22 +31,66 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.change import clinical, first_last, rc_units
+from features.change import clinical, first_last, nhs_outcomes, paired_first_last, rc_units
+
+TARGETS: dict[str, str] = {
+    "failed": "not reliably improved on the instrument by the end of care",
+    "failed_nhs": "not reliably improved by the NHS Talking Therapies paired PHQ-9/GAD-7 rule",
+}
+#: Instruments the NHS paired target can be used with.
+NHS_INSTRUMENTS = ("PHQ-9", "GAD-7")
+
+
+def check_target(target: str, instrument: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+    if target == "failed_nhs" and instrument not in NHS_INSTRUMENTS:
+        raise ValueError(f"the NHS paired target needs PHQ-9 or GAD-7 models, not {instrument}")
 
 
 def targets(sessions: pd.DataFrame, clients: pd.DataFrame | None = None,
-            instrument: str = "PHQ-9") -> pd.DataFrame:
-    """One row per client (index `client_id`): `failed`, `dropped_out` as float (NaN = missing)."""
-    fl = first_last(sessions, instrument)
+            instrument: str = "PHQ-9", target: str = "failed") -> pd.DataFrame:
+    """One row per client (index `client_id`): `failed`, `deteriorated`, `dropped_out` as
+    float (NaN = missing). ``failed`` holds the chosen target's definition."""
+    check_target(target, instrument)
     ids = pd.Index(sessions["client_id"].unique(), name="client_id").sort_values()
-    fl = fl.reindex(ids)
-    eligible = (fl["n_scores"].fillna(0) >= 2) & clinical(fl["first"], instrument)
-    improved = rc_units(fl["first"], fl["last"], instrument) >= 1.0
-    failed = np.where(eligible, np.where(improved, 0.0, 1.0), np.nan)
+    if target == "failed":
+        fl = first_last(sessions, instrument).reindex(ids)
+        two = (fl["n_scores"].fillna(0) >= 2).to_numpy(dtype=bool)
+        eligible = two & clinical(fl["first"], instrument)
+        rcu = rc_units(fl["first"], fl["last"], instrument)
+        failed = np.where(eligible, np.where(rcu >= 1.0, 0.0, 1.0), np.nan)
+        deteriorated = np.where(two, (rcu <= -1.0) * 1.0, np.nan)
+    else:
+        pairs = paired_first_last(sessions).reindex(ids)
+        two = (pairs["n_paired"].fillna(0) >= 2).to_numpy(dtype=bool)
+        flags = nhs_outcomes(pairs["phq_first"], pairs["phq_last"], pairs["gad_first"],
+                             pairs["gad_last"])
+        eligible = two & flags["caseness"].to_numpy(dtype=bool)
+        failed = np.where(eligible, np.where(flags["reliable_improvement"], 0.0, 1.0), np.nan)
+        deteriorated = np.where(two, flags["reliable_deterioration"] * 1.0, np.nan)
     dropped = np.full(len(ids), np.nan)
     if clients is not None and len(clients):
         status = clients.set_index("client_id")["end_status"].reindex(ids)
         ongoing = (status == "ongoing").to_numpy(dtype=bool)
         failed = np.where(ongoing, np.nan, failed)
+        deteriorated = np.where(ongoing, np.nan, deteriorated)
         dropped = np.select([status == "dropout", status == "finished"], [1.0, 0.0], np.nan)
-    return pd.DataFrame({"failed": failed, "dropped_out": dropped}, index=ids)
+    return pd.DataFrame({"failed": failed, "deteriorated": deteriorated,
+                         "dropped_out": dropped}, index=ids)
+
+
+def eligible_at_intake(intake: np.ndarray, instrument: str, target: str = "failed",
+                       other_intake: np.ndarray | None = None) -> np.ndarray:
+    """Whether a client's outcome is defined by the target, judged at intake: the intake on
+    the instrument is in its clinical range (``failed``), or PHQ-9 or GAD-7 is at caseness
+    (``failed_nhs``; ``other_intake`` = the other one's intake, NaN when not given)."""
+    check_target(target, instrument)
+    intake = np.asarray(intake, dtype=float)
+    with np.errstate(invalid="ignore"):
+        own = clinical(intake, instrument) & np.isfinite(intake)
+        if target == "failed" or other_intake is None:
+            return own
+        other = "GAD-7" if instrument == "PHQ-9" else "PHQ-9"
+        o = np.asarray(other_intake, dtype=float)
+        return own | (clinical(o, other) & np.isfinite(o))

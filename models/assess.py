@@ -17,9 +17,15 @@ from typing_extensions import TypedDict
 from features.change import classify, rc_units
 from features.instruments import REGISTRY, Role, get
 from features.pointintime import point_in_time
-from models.explain import group_contributions
+from features.targets import eligible_at_intake
+from models.explain import change_words, group_contributions
+from models.flag import STATES, FlagPolicy, History, trigger_names, trigger_words
+from models.signal import colours as signal_colours
 from models.signal import signal as signal_rule
 from models.suggestions import rule_suggestions
+
+#: No fitted policy (no model for the instrument): only a reliable deterioration opens a flag.
+RULES_ONLY = FlagPolicy(entry=float("inf"), exit=float("-inf"))
 
 SOURCE_LEARNED = "learned: similar clients (observational comparison)"
 
@@ -36,22 +42,55 @@ class SafetyItem(TypedDict):
 
 
 class Safety(BaseModel):
-    status: Literal["flag", "not_assessed", "clear"] = Field(
-        description="flag: a risk item answered above zero at the latest session where one was "
-        "answered; not_assessed: no risk item given; clear otherwise. Model-independent.")
-    items: list[SafetyItem] = []
+    status: Literal["flag", "not_endorsed", "not_assessed"] = Field(
+        description="flag: a risk item was answered above zero at the latest session with "
+        "risk-item answers; not_endorsed: every risk item answered at that session was zero "
+        "(never a promise of safety: see last_endorsed and the message); not_assessed: no risk "
+        "item was ever answered. Model-independent.")
+    assessed_session: int | None = Field(None, description="Latest session with a risk-item "
+                                         "answer.")
+    latest_session: int | None = Field(None, description="Latest session in the record; when "
+                                       "it is later than assessed_session, it had no "
+                                       "risk-item answers.")
+    items: list[SafetyItem] = Field([], description="Answers above zero at assessed_session.")
+    last_endorsed: SafetyItem | None = Field(None, description="The latest answer above zero "
+                                             "at any session (the highest at that session).")
     message: str
 
 
 class Risk(BaseModel):
-    p_failure: float = Field(description="Probability of not reliably improving by the end "
-                             "of care (calibrated).")
+    p_failure: float = Field(description="Calibrated probability of not reliably improving by "
+                             "the end of care (see definition).")
     p_dropout: float | None = Field(None, description="Probability of ending care early.")
-    at_risk: bool = Field(description="p_failure at or above the stored threshold.")
-    threshold: float
+    definition: str = Field(description="What p_failure predicts, in words.")
     model: str
     model_version: str
     feature_version: str
+
+
+class Flag(BaseModel):
+    """The not-on-track flag (`models.flag`): a policy over the client's history, not a
+    per-session threshold. Replaces ``risk.at_risk``."""
+
+    state: Literal["new", "continuing", "cleared", "none"] = Field(
+        description="new: opened at this session; continuing: open since an earlier session; "
+        "cleared: was open and has cleared; none: never opened.")
+    flagged: bool = Field(description="state is new or continuing.")
+    reason: str = Field(description="Why the flag is in this state, in words.")
+    opened_by: list[Literal["risk", "red_twice", "reliable_deterioration"]] = Field(
+        [], description="What opened the current (or last) flag.")
+    opened_session: int | None = None
+    cleared_session: int | None = None
+    eligible: bool = Field(description="The model's outcome is defined for this client (intake "
+                           "in the clinical range); otherwise only a reliable deterioration "
+                           "opens a flag.")
+    entry_threshold: float | None = Field(None, description="Risk at which a flag opens.")
+    exit_threshold: float | None = Field(None, description="Risk below which it may clear.")
+    exit_sessions: int | None = Field(None, description="Calm sessions needed to clear.")
+    budget: float | None = Field(None, description="Share of eventual reliable improvers the "
+                                 "thresholds allow to be flagged by session 3.")
+    context: str = Field(description="What a flag means at these thresholds (validation "
+                         "figures: share of improvers and deteriorators flagged, PPV, AUROC).")
 
 
 class Signal(BaseModel):
@@ -72,6 +111,8 @@ class CoursePoint(BaseModel):
 
 class ChangeStatus(BaseModel):
     category: str | None = Field(description="Jacobson-Truax category, intake vs latest.")
+    summary: str = Field(description="The change in words, e.g. 'worse by 5, 1 point short of "
+                         "a reliable deterioration'.")
     improvement_points: float | None
     rc_units: float | None
     intake_score: float
@@ -128,9 +169,12 @@ class Assessment(BaseModel):
     session: int = Field(description="Latest session with a score on the instrument.")
     n_scores: int
     safety: Safety
-    risk: Risk | None
+    risk: Risk | None = Field(description="None when no model covers the instrument or the "
+                              "client started below the clinical cut-off (outcome undefined).")
+    flag: Flag
     signal: Signal
-    agreement: str | None = Field(None, description="Set when signal and risk disagree.")
+    agreement: str | None = Field(None, description="Set when the latest signal and the flag "
+                                  "disagree.")
     course: list[CoursePoint] = []
     change: ChangeStatus
     alliance: AllianceStatus
@@ -157,11 +201,23 @@ def _build(cls, **values):
     return obj
 
 
+def _item(code, k, v, session) -> SafetyItem:
+    return SafetyItem(instrument=str(code), item=int(k), value=float(v), session=int(session),
+                      loinc=REGISTRY[code].loinc_items.get(int(k)))
+
+
+def _named(items: list[SafetyItem]) -> str:
+    return ", ".join(f"{i['instrument']} item {i['item']} = {i['value']:g}" for i in items)
+
+
 def safety_by_client(sessions: pd.DataFrame) -> dict[str, Safety]:
-    """Risk-item status per client, independent of any model: the risk items answered at the
-    latest session where any was answered (vectorised; one object per client)."""
+    """Risk-item status per client from the whole record, independent of any model: the
+    answers at the latest session with any risk-item answer, the latest answer above zero at
+    any session, and whether the latest session had item answers at all."""
     ids, sess, vals, codes, items = [], [], [], [], []
     inst_col = sessions["instrument"].to_numpy(dtype=object)
+    id_col = sessions["client_id"].to_numpy(dtype=object)
+    ses_col = sessions["session"].to_numpy(dtype=np.int64)
     for code, inst in REGISTRY.items():
         if not inst.risk_items:
             continue
@@ -175,8 +231,8 @@ def safety_by_client(sessions: pd.DataFrame) -> dict[str, Safety]:
             v = sessions[col].to_numpy(dtype=float, na_value=np.nan)
             m = of_inst & np.isfinite(v)
             if m.any():
-                ids.append(sessions["client_id"].to_numpy(dtype=object)[m])
-                sess.append(sessions["session"].to_numpy(dtype=np.int64)[m])
+                ids.append(id_col[m])
+                sess.append(ses_col[m])
                 vals.append(v[m])
                 codes.append(np.full(int(m.sum()), code, dtype=object))
                 items.append(np.full(int(m.sum()), k))
@@ -185,35 +241,61 @@ def safety_by_client(sessions: pd.DataFrame) -> dict[str, Safety]:
     ids, sess, vals = np.concatenate(ids), np.concatenate(sess), np.concatenate(vals)
     codes, items = np.concatenate(codes), np.concatenate(items)
     client, uniq = pd.factorize(ids)
+    all_codes, all_ids = pd.factorize(id_col)
+    latest_all = np.full(len(all_ids), -1, dtype=np.int64)
+    np.maximum.at(latest_all, all_codes, ses_col)
+    latest = latest_all[pd.Index(all_ids).get_indexer(uniq)]
     last = np.full(len(uniq), -1, dtype=np.int64)
     np.maximum.at(last, client, sess)
+    endorsed = vals > 0
+    last_pos = np.full(len(uniq), -1, dtype=np.int64)
+    np.maximum.at(last_pos, client[endorsed], sess[endorsed])
     at_last = sess == last[client]
-    flagged = at_last & (vals > 0)
+    rows_of: dict[int, list[int]] = {}
+    for i in np.flatnonzero(at_last | (endorsed & (sess == last_pos[client]))):
+        rows_of.setdefault(int(client[i]), []).append(int(i))
     out: dict[str, Safety] = {}
-    flagged_rows: dict[int, list[int]] = {}
-    for i in np.flatnonzero(flagged):
-        flagged_rows.setdefault(int(client[i]), []).append(int(i))
     for c, cid in enumerate(uniq):
-        rows = flagged_rows.get(c)
-        if rows:
-            lst = [SafetyItem(
-                instrument=str(codes[i]), item=int(items[i]), value=float(vals[i]),
-                session=int(sess[i]), loinc=REGISTRY[codes[i]].loinc_items.get(int(items[i])))
-                for i in rows]
-            names = ", ".join(f"{i['instrument']} item {i['item']} = {i['value']:g}"
-                              for i in lst)
-            out[str(cid)] = _build(Safety, status="flag", items=lst, message=(
-                f"Risk item answered above zero ({names}) at session {lst[0]['session']}: "
-                "consider reviewing risk with the client today, following your service's "
-                "procedure. This flag is raised whatever any model says."))
+        rows = rows_of.get(c, [])
+        a, lat = int(last[c]), int(latest[c])
+        now = [i for i in rows if sess[i] == a]
+        flagged = [_item(codes[i], items[i], vals[i], sess[i]) for i in now if vals[i] > 0]
+        before = [i for i in rows if sess[i] == last_pos[c] and vals[i] > 0]
+        top = max(before, key=lambda i: vals[i]) if before else None
+        last_endorsed = None if top is None else _item(codes[top], items[top], vals[top],
+                                                        sess[top])
+        gap = (f" Session {lat} had no risk-item answers, so risk has not been re-assessed "
+               "since." if lat > a else "")
+        if flagged:
+            msg = (f"Risk item answered above zero at session {a} ({_named(flagged)}): consider "
+                   "reviewing risk with the client today, following your service's procedure. "
+                   "This flag is raised whatever any model says." + gap)
+            out[str(cid)] = _build(Safety, status="flag", assessed_session=a,
+                                   latest_session=lat, items=flagged,
+                                   last_endorsed=last_endorsed, message=msg)
         else:
-            out[str(cid)] = _build(Safety, status="clear", items=[], message=(
-                f"Risk items answered zero at session {int(last[c])}."))
+            zero = [_item(codes[i], items[i], vals[i], sess[i]) for i in now]
+            msg = f"Risk items not endorsed at session {a} ({_named(zero)})."
+            if last_endorsed is not None:
+                msg += (f" Last endorsed at session {last_endorsed['session']} "
+                        f"({_named([last_endorsed])}): keep it in mind when reviewing risk.")
+            out[str(cid)] = _build(Safety, status="not_endorsed", assessed_session=a,
+                                   latest_session=lat, items=[], last_endorsed=last_endorsed,
+                                   message=msg + gap)
     return out
 
 
 NOT_ASSESSED = Safety(status="not_assessed", message=(
-    "No risk item (e.g. PHQ-9 item 9) was given: risk has not been assessed by this service."))
+    "No risk item (e.g. PHQ-9 item 9) was answered: risk has not been assessed by this service."))
+
+
+def _safety_phrase(saf: Safety) -> str | None:
+    """The safety clause that overrides reassurance and ending wording, or None."""
+    if saf.status == "flag":
+        return f"a risk item was answered above zero at session {saf.assessed_session}"
+    if saf.last_endorsed is not None:
+        return f"a risk item was endorsed at session {saf.last_endorsed['session']}"
+    return None
 
 
 def _primary(sessions: pd.DataFrame, covered: list[str]) -> pd.Series:
@@ -230,17 +312,22 @@ def _primary(sessions: pd.DataFrame, covered: list[str]) -> pd.Series:
     return pd.Series(np.array(order + [""], dtype=object)[best[has]], index=ids[has])
 
 
-def _alliance(row: dict, raw: tuple[str, float] | None = None) -> AllianceStatus:
-    latest = row.get("alliance_latest", np.nan)
-    if not np.isfinite(latest) or raw is None:
+def _alliance(raw: tuple[str, float, float | None] | None) -> AllianceStatus:
+    """The latest alliance rating in the record (whatever the assessment's timing: this is
+    what to raise with the client next), its cut-off and the drop since the one before."""
+    if raw is None:
         return _build(AllianceStatus, status="not_assessed", latest=None, cutoff=None,
-                                              message="No alliance rating was given.")
-    below = row.get("alliance_below_cutoff") == 1
-    code, score = raw
-    drop = REGISTRY[code].dropped(row.get("alliance_drop", np.nan))
+                      message="No alliance rating was given.")
+    code, score, prev = raw
+    inst = REGISTRY[code]
+    below = inst.cutoff is not None and score < inst.cutoff
+    drop = prev is not None and inst.dropped((prev - score) / (inst.score_max - inst.score_min)
+                                             if inst.higher_is_better
+                                             else (score - prev) / (inst.score_max
+                                                                    - inst.score_min))
     status = {(True, True): "below_cutoff_and_drop", (True, False): "below_cutoff",
               (False, True): "drop", (False, False): "ok"}[(below, drop)]
-    cutoff = REGISTRY[code].cutoff
+    cutoff = inst.cutoff
     msg = {"ok": "The alliance rating is above its cut-off and did not drop.",
            "below_cutoff": "The latest alliance rating is below the cut-off that signals a "
                            "possible alliance problem.",
@@ -253,21 +340,28 @@ def _alliance(row: dict, raw: tuple[str, float] | None = None) -> AllianceStatus
         message=f"{code} {score:g}" + (f" (cut-off {cutoff:g})" if cutoff else "") + ": " + msg)
 
 
-def _agreement(colour: str, at_risk: bool | None) -> str | None:
-    if at_risk is None or colour in {"grey"}:
+def _agreement(colour: str, flag: Flag) -> str | None:
+    if colour == "grey" or not flag.eligible:
         return None
-    if at_risk and colour in {"green", "white"}:
-        return ("The expected-course signal looks fine, but the risk model flags this client: "
-                "other parts of the record (see the drivers) point to a risk of not improving.")
-    if not at_risk and colour == "red":
-        return ("The score is beyond the expected-course boundary, but the risk model does not "
-                "flag this client: the drivers show what offsets the current score.")
+    if flag.flagged and colour in {"green", "white"}:
+        return ("The latest score is on the expected course, but the client is flagged: "
+                f"{flag.reason}")
+    if not flag.flagged and colour == "red":
+        return ("The latest score is beyond the not-on-track boundary, but the flag is not "
+                "raised: one red score is not enough (two in a row are), and the risk is below "
+                "the entry level.")
     return None
 
 
 def assess(bundle, sessions: pd.DataFrame, covariates: pd.DataFrame | None = None,
-           horizon: int = 4) -> list[Assessment]:
-    """Assess every client in ``sessions`` (one `Assessment` each, in first-seen order)."""
+           horizon: int = 4, budget: float | None = None,
+           alliance_after: bool = False) -> list[Assessment]:
+    """Assess every client in ``sessions`` (one `Assessment` each, in first-seen order).
+
+    ``budget``: a clinic's own flag budget (share of eventual improvers flagged by session 3;
+    None = the bundle's). ``alliance_after``: the assessment is made after the latest
+    session's alliance rating, so the model may use it (by default it does not: a rating is
+    given at the end of its session)."""
     order = pd.unique(sessions["client_id"])
     safety = safety_by_client(sessions)
     primary = _primary(sessions, bundle.instruments)
@@ -276,34 +370,94 @@ def assess(bundle, sessions: pd.DataFrame, covariates: pd.DataFrame | None = Non
         members = primary.index[primary.to_numpy() == instrument]
         sub = sessions if len(members) == len(primary) else sessions[
             sessions["client_id"].isin(members)]
-        results.update(_assess_instrument(bundle, instrument, sub, safety, covariates, horizon))
+        results.update(_assess_instrument(bundle, instrument, sub, safety, covariates, horizon,
+                                          budget, alliance_after))
     for cid in order:
         if cid not in results:  # no outcome instrument at all (e.g. alliance ratings only)
             raise ValueError("every client needs at least one outcome-instrument score")
     return [results[c] for c in order]
 
 
-def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon):
+def _first_scores(sessions: pd.DataFrame, instrument: str, ids: np.ndarray) -> np.ndarray:
+    """First score on ``instrument`` per client of ``ids`` (NaN when none)."""
+    s = sessions[sessions["instrument"].to_numpy(dtype=object) == instrument]
+    if s.empty:
+        return np.full(len(ids), np.nan)
+    first = s.sort_values("session", kind="stable").drop_duplicates("client_id")
+    return first.set_index("client_id")["score"].reindex(ids).to_numpy(dtype=float)
+
+
+def _others_in_range(sessions: pd.DataFrame, instrument: str, ids: np.ndarray,
+                     upto: np.ndarray, which: np.ndarray) -> list[str | None]:
+    """Per client: the other outcome measures in their clinical range at the latest session
+    at or before ``upto`` that had one (e.g. "GAD-7 15"), for the clients in ``which``."""
+    out: list[str | None] = [None] * len(ids)
+    if not which.any():
+        return out
+    codes = [c for c, i in REGISTRY.items() if i.role is Role.OUTCOME and c != instrument
+             and i.cutoff is not None]
+    want = set(ids[which].tolist())
+    s = sessions[sessions["instrument"].isin(codes) & sessions["client_id"].isin(want)]
+    limit = dict(zip(ids.tolist(), upto.tolist(), strict=True))
+    pos = {c: k for k, c in enumerate(ids.tolist())}
+    by: dict[str, list[tuple[int, str, float]]] = {}
+    for cid, ses, code, score in zip(s["client_id"].tolist(), s["session"].tolist(),
+                                     s["instrument"].tolist(), s["score"].tolist(),
+                                     strict=True):
+        if ses <= limit[cid]:
+            by.setdefault(cid, []).append((int(ses), str(code), float(score)))
+    for cid, rows in by.items():
+        top = max(r[0] for r in rows)
+        hits = [f"{c} {v:g}" for t, c, v in rows if t == top and REGISTRY[c].in_clinical_range(v)]
+        if hits:
+            out[pos[cid]] = ", ".join(hits)
+    return out
+
+
+def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon,
+                       budget=None, alliance_after=False):
+    """Every client of one primary instrument: the whole history as of each assessed session
+    (what the flag policy replays), then the latest session in full."""
     inst = get(instrument)
     m = bundle.models.get(instrument)
-    ff = point_in_time(sessions, instrument=instrument, at=None)
-    X = ff.X
-    ids = ff.keys["client_id"].to_numpy(dtype=object)
-    names_x = list(X.columns)
-    values = X.to_numpy(dtype=float)
-    n = len(X)
-    col = {c: values[:, j] for j, c in enumerate(names_x)}
+    smax = int(np.nanmax(sessions["session"].to_numpy(dtype=float, na_value=np.nan)))
+    hist = point_in_time(sessions, instrument=instrument, at=range(1, smax + 1))
+    row_ids = hist.keys["client_id"].to_numpy(dtype=object)
+    nh = len(row_ids)
+    new_client = np.r_[True, row_ids[1:] != row_ids[:-1]] if nh else np.empty(0, bool)
+    code = np.cumsum(new_client) - 1
+    last = np.r_[np.flatnonzero(new_client)[1:] - 1, nh - 1] if nh else np.empty(0, int)
+    Xh = hist.X
+    if alliance_after and nh:  # the latest rows with the latest session's alliance rating
+        now = point_in_time(sessions, instrument=instrument, at=None, alliance_lag=False)
+        Xh = Xh.copy()
+        Xh.iloc[last] = now.X.to_numpy()
+    H = Xh.to_numpy(dtype=float)
+    names_x = list(Xh.columns)
+    colh = {c: H[:, j] for j, c in enumerate(names_x)}
+    ids = row_ids[last]
+    n = len(ids)
+    values = H[last]
+    col = {c: v[last] for c, v in colh.items()}
     intake, latest = col["intake_score"], col["latest_score"]
     session, n_scores = col["session"], col["n_scores"]
+
+    target = getattr(m, "target", "failed") if m is not None else "failed"
+    other = "GAD-7" if instrument == "PHQ-9" else "PHQ-9"
+    other_intake = (_first_scores(sessions, other, ids) if target == "failed_nhs" else None)
+    eligible = (eligible_at_intake(intake, instrument, target, other_intake)
+                if inst.cutoff is not None else np.zeros(n, dtype=bool))
     risk = [None] * n
     explanation = [None] * n
     courses = [[] for _ in range(n)]
     source = np.full(n, "none", dtype=object)
     notes = [[] for _ in range(n)]
     pop = [None] * n
+    p_hist = np.full(nh, np.nan)
+    med_h = bnd_h = np.full(nh, np.nan)
+    policy = RULES_ONLY
 
     if m is None:
-        med = bnd = np.full(n, np.nan)
         note = (f"No model covers {instrument}: risk, expected course and signal are not "
                 "available. Reliable change, alliance and safety checks still apply.")
         for k in range(n):
@@ -311,85 +465,106 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
             pop[k] = _build(Population, out_of_population=True, reasons=[
                 f"no model was trained on {instrument}"])
     else:
-        med, _, _, bnd = m.expected.expected(intake, session)
-        source[np.isfinite(bnd)] = "expected_response"
-        # the expected course for the next sessions, all clients at once
+        policy = getattr(m, "flag_policy", None) or RULES_ONLY
+        if budget is not None:
+            policy = policy.for_budget(budget)
+        med_h, bnd_h, src_h, nav = _expected_rows(m, sessions, instrument, ids, code,
+                                                  colh["intake_score"], colh["session"])
         ahead = session[:, None] + np.arange(1, horizon + 1)[None, :]
         cm, cl, cu, cb = m.expected.expected(np.repeat(intake[:, None], horizon, axis=1),
                                              ahead)
-        if m.navigator is not None:  # the neighbours' course replaces it where it exists
-            nav = _intake_course(m.navigator, sessions, instrument, ids)
+        if nav is not None:  # the neighbours' course replaces it where it exists
             S = m.navigator.max_session
             r = np.arange(n)
-            s_idx = np.clip(session.astype(int), 1, S) - 1
-            has = np.isfinite(nav["boundary"][r, s_idx])
-            med = np.where(has, nav["median"][r, s_idx], med)
-            bnd = np.where(has, nav["boundary"][r, s_idx], bnd)
-            source[has] = "neighbours"
             j = np.clip(ahead.astype(int), 1, S) - 1
             ok = np.isfinite(nav["boundary"][r[:, None], j]) & (ahead <= S)
             cm, cl, cu, cb = (np.where(ok, nav[key][r[:, None], j], old) for key, old in
                               (("median", cm), ("lower", cl), ("upper", cu), ("boundary", cb)))
-        M = m.failure.transform_features(X)
+        source = src_h[last]
+        Mh = m.failure.transform_features(Xh)
+        M = Mh[last]
         phi = m.failure.contributions_from_matrix(M)
         logit = phi.sum(axis=1)
         p_fail = 1.0 / (1.0 + np.exp(-logit))
-        p_drop = m.dropout.predict_proba(X)[:, 1] if m.dropout is not None else None
+        p_hist = 1.0 / (1.0 + np.exp(-m.failure.logit_from_matrix(Mh)))
+        p_hist[last] = p_fail  # the same value the explanation adds up to
+        p_drop = m.dropout.predict_proba(Xh.iloc[last])[:, 1] if m.dropout is not None else None
         names = list(m.failure.feature_names_)
-        thr = float(m.failure.threshold_)
         model_name = type(m.failure).__name__
+        definition = _definition(inst, target)
         for k in range(n):
+            courses[k] = [_build(CoursePoint,
+                session=int(ahead[k, h]), expected=float(cm[k, h]), lower=float(cl[k, h]),
+                upper=float(cu[k, h]), failure_boundary=float(cb[k, h]))
+                for h in range(horizon)]
+            if not eligible[k]:
+                continue
             risk[k] = _build(Risk,
                 p_failure=float(p_fail[k]),
                 p_dropout=None if p_drop is None else float(p_drop[k]),
-                at_risk=bool(p_fail[k] >= thr), threshold=thr, model=model_name,
+                definition=definition, model=model_name,
                 model_version=bundle.version, feature_version=bundle.feature_version)
             intercept, drivers = group_contributions(names, M[k], phi[k], inst)
             explanation[k] = _build(Explanation,
-                target="failed", intercept=intercept, logit=float(logit[k]),
+                target=target, intercept=intercept, logit=float(logit[k]),
                 drivers=[_build(Driver,
                     concept=d.concept, direction=d.direction, log_odds=d.log_odds,
                     percentage_points=d.percentage_points, sentence=d.sentence,
                     features=d.features)
                     for d in drivers])
-            courses[k] = [_build(CoursePoint,
-                session=int(ahead[k, h]), expected=float(cm[k, h]), lower=float(cl[k, h]),
-                upper=float(cu[k, h]), failure_boundary=float(cb[k, h]))
-                for h in range(horizon)]
             pop[k] = _population_check(m.population, intake[k], session[k], instrument,
                                        covariates, ids[k], notes[k])
+        for k in np.flatnonzero(~eligible):
+            pop[k] = _build(Population, out_of_population=False, reasons=[])
 
-    sig = signal_rule(latest, n_scores, med, bnd, session, inst)
+    # ---- the flag: the policy over every assessed session --------------------------------
+    rep = policy.replay(_history(colh, code, med_h, bnd_h, p_hist, eligible, inst))
+
+    # ---- the latest session in words -----------------------------------------------------
+    saf_list = [safety.get(str(c), NOT_ASSESSED) for c in ids]
+    safety_words = [_safety_phrase(x) for x in saf_list]
+    others = _others_in_range(sessions, instrument, ids, session,
+                              col["other_clinical_latest"] == 1)
+    sig = signal_rule(latest, n_scores, med_h[last], bnd_h[last], session, inst,
+                      others=others, safety=safety_words)
     colours, reasons = sig["colour"].to_numpy(), sig["reason"].to_numpy()
     has_rci = inst.rci is not None
     cats = classify(intake, latest, inst) if has_rci else [None] * n
     rcu = rc_units(intake, latest, inst) if has_rci else np.full(n, np.nan)
     alliance_raw = _latest_alliance(sessions)
-    learned = _learned(m, X, colours, risk)
+    flags = [_flag(policy, rep, int(last[k]), bool(eligible[k]), inst, intake[k],
+                   n_scores[k], risk[k], m is not None) for k in range(n)]
+    learned = _learned(m, Xh.iloc[last], colours, flags, eligible)
     out = {}
     for k in range(n):
         cid = str(ids[k])
-        saf = safety.get(cid, NOT_ASSESSED)
+        saf = saf_list[k]
         colour = str(colours[k])
         r = risk[k]
+        fl = flags[k]
         row = dict(zip(names_x, values[k], strict=True))
-        alliance = _alliance(row, alliance_raw.get(cid))
+        alliance = _alliance(alliance_raw.get(cid))
         sugg = rule_suggestions(row, inst, colour, None if r is None else r.p_failure,
                                 None if r is None else r.p_dropout, saf.status,
-                                None if r is None else r.at_risk,
+                                fl.flagged,
                                 alliance_drop=alliance.status in {"drop",
-                                                                  "below_cutoff_and_drop"})
+                                                                  "below_cutoff_and_drop"},
+                                alliance_below=alliance.status in {"below_cutoff",
+                                                                   "below_cutoff_and_drop"})
+        if not eligible[k] and inst.cutoff is not None:
+            notes[k].append(fl.reason)
         imp = None if not np.isfinite(rcu[k]) else float(rcu[k] * inst.rci)
         out[cid] = _build(Assessment,
             client_id=cid, instrument=instrument, session=int(session[k]),
-            n_scores=int(n_scores[k]), safety=saf, risk=r,
+            n_scores=int(n_scores[k]), safety=saf, risk=r, flag=fl,
             signal=_build(Signal,
                 colour=colour, reason=str(reasons[k]),
                 boundary_source=str(source[k]) if colour != "grey" else "none"),
-            agreement=_agreement(colour, None if r is None else r.at_risk),
+            agreement=_agreement(colour, fl),
             course=courses[k],
             change=_build(ChangeStatus,
-                category=None if cats[k] is None else str(cats[k]), improvement_points=imp,
+                category=None if cats[k] is None else str(cats[k]),
+                summary=change_words(intake[k], latest[k], inst), improvement_points=imp,
                 rc_units=None if imp is None else float(rcu[k]),
                 intake_score=float(intake[k]), latest_score=float(latest[k])),
             alliance=alliance,
@@ -399,14 +574,139 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
     return out
 
 
-def _learned(m, X: pd.DataFrame, colours: np.ndarray, risk: list) -> dict:
-    """Learned suggestions for the clients who are not on track (red/yellow or at risk), in
+def _expected_rows(m, sessions, instrument, ids, code, intake_h, session_h, exclude=None):
+    """The expected course at each history row's own session: the neighbours' course matched
+    at intake where it exists, the expected-response curve elsewhere. Returns (median,
+    boundary, source per row, the navigator's course per client or None). ``exclude``: the
+    navigator's reference ids (sorted), so that a training client is never its own
+    neighbour."""
+    med_h, _, _, bnd_h = m.expected.expected(intake_h, session_h)
+    src_h = np.where(np.isfinite(bnd_h), "expected_response", "none").astype(object)
+    nav = None
+    if m.navigator is not None:
+        nav = _intake_course(m.navigator, sessions, instrument, ids, exclude)
+        S = m.navigator.max_session
+        s_idx = np.clip(np.nan_to_num(session_h, nan=1).astype(int), 1, S) - 1
+        has = np.isfinite(nav["boundary"][code, s_idx])
+        med_h = np.where(has, nav["median"][code, s_idx], med_h)
+        bnd_h = np.where(has, nav["boundary"][code, s_idx], bnd_h)
+        src_h[has] = "neighbours"
+    return med_h, bnd_h, src_h, nav
+
+
+def _history(colh: dict, code: np.ndarray, med_h, bnd_h, p_h, eligible: np.ndarray,
+             inst) -> History:
+    """The flag policy's input (`models.flag.History`) from the feature rows of every
+    assessed session: the signal's colour there (never white while another measure is in the
+    clinical range or after a risk item was endorsed), reliable deterioration since intake,
+    and the risk (clients below the cut-off at intake have none)."""
+    hold = (colh["other_clinical_latest"] == 1) | (colh["risk_item_ever"] == 1)
+    colour = signal_colours(colh["latest_score"], colh["n_scores"], med_h, bnd_h, inst, hold)
+    with np.errstate(invalid="ignore"):
+        det = (colh["change_rc"] <= -1.0 if inst.rci is not None
+               else np.zeros(len(code), dtype=bool))
+    elig = np.asarray(eligible, dtype=bool)[code]
+    return History(client=code, session=colh["session"].astype(np.int64),
+                   p=np.where(elig, p_h, np.nan), red=colour == "red", deteriorated=det,
+                   eligible=elig)
+
+
+def policy_history(m, sessions: pd.DataFrame, instrument: str, at=None,
+                   exclude: pd.Index | None = None) -> tuple[History, pd.DataFrame]:
+    """The flag policy's input for every assessed session of every client, with the bundle's
+    risk model (training replaces ``p`` with out-of-fold risks before fitting the policy).
+    ``at``: the sessions to include (None: all). Returns the history and its keys
+    (client_id, session), aligned."""
+    inst = get(instrument)
+    if at is None:
+        smax = int(np.nanmax(sessions["session"].to_numpy(dtype=float, na_value=np.nan)))
+        at = range(1, smax + 1)
+    hist = point_in_time(sessions, instrument=instrument, at=at)
+    row_ids = hist.keys["client_id"].to_numpy(dtype=object)
+    new_client = np.r_[True, row_ids[1:] != row_ids[:-1]] if len(row_ids) else np.empty(0, bool)
+    code = np.cumsum(new_client) - 1
+    ids = row_ids[new_client]
+    colh = {c: hist.X[c].to_numpy(dtype=float) for c in hist.X.columns}
+    target = getattr(m, "target", "failed")
+    other = "GAD-7" if instrument == "PHQ-9" else "PHQ-9"
+    first = np.flatnonzero(new_client)
+    eligible = eligible_at_intake(colh["intake_score"][first], instrument, target,
+                                  _first_scores(sessions, other, ids)
+                                  if target == "failed_nhs" else None)
+    med_h, bnd_h, _, _ = _expected_rows(m, sessions, instrument, ids, code,
+                                        colh["intake_score"], colh["session"], exclude)
+    p_h = 1.0 / (1.0 + np.exp(-m.failure.logit_from_matrix(
+        m.failure.transform_features(hist.X))))
+    return _history(colh, code, med_h, bnd_h, p_h, eligible, inst), hist.keys
+
+
+def _definition(inst, target: str) -> str:
+    """What ``p_failure`` predicts, in words."""
+    if target == "failed_nhs":
+        how = ("by the NHS Talking Therapies paired rule: PHQ-9 down by at least 6 or GAD-7 "
+               "down by at least 4, and neither reliably worse")
+    else:
+        way = "rise" if inst.higher_is_better else "fall"
+        how = f"on {inst.code}: a {way} of at least {inst.rci:g} points from intake"
+    return (f"Calibrated probability that the client will not reliably improve by the end of "
+            f"care ({how}), as estimated at the latest session.")
+
+
+def _flag(policy: FlagPolicy, rep, i: int, eligible: bool, inst, intake: float,
+          n_scores: float, risk: Risk | None, has_model: bool) -> Flag:
+    """The flag of one client at its latest session (entry ``i`` of the replay), in words."""
+    state = STATES[int(rep.state[i])]
+    bits = int(rep.opened_by[i])
+    opened = int(rep.opened_session[i])
+    cleared = int(rep.cleared_session[i])
+    why = trigger_words(bits)
+    finite = np.isfinite(policy.entry) and policy.entry <= 1.0
+    if state == "new":
+        reason = f"Flagged at this session: {why}."
+    elif state == "continuing":
+        reason = (f"Flagged since session {opened}: {why}. It clears after "
+                  f"{policy.exit_sessions} sessions"
+                  + (f" with the risk below {100 * policy.exit:.0f}%" if finite and eligible
+                     else "") + " and no red signal or reliable deterioration.")
+    elif state == "cleared":
+        reason = (f"The flag opened at session {opened} ({why}) cleared at session {cleared} "
+                  f"after {policy.exit_sessions} calm sessions; keep monitoring.")
+    elif not eligible and inst.cutoff is not None:
+        reason = (f"Started below the clinical cut-off ({inst.code} {intake:g}; cut-off "
+                  f"{inst.cutoff:g}): reliable improvement is not defined for this client, so "
+                  "no risk is shown; monitored for reliable deterioration only.")
+    elif not has_model:
+        reason = "No model covers this instrument: only a reliable deterioration opens a flag."
+    elif n_scores <= 1:
+        reason = ("No flag at intake: the risk at intake is context only; a flag can open "
+                  "from the next score.")
+    else:
+        reason = ("Not flagged: "
+                  + (f"the risk ({100 * risk.p_failure:.0f}%) is below the entry level of "
+                     f"{100 * policy.entry:.0f}%, " if risk is not None and finite else "")
+                  + "the signal has not been red twice in a row and there is no reliable "
+                  "deterioration.")
+    return _build(Flag,
+        state=state, flagged=bool(rep.flagged[i]), reason=reason,
+        opened_by=trigger_names(bits), opened_session=opened if opened >= 0 else None,
+        cleared_session=cleared if cleared >= 0 else None, eligible=eligible,
+        entry_threshold=float(policy.entry) if finite else None,
+        exit_threshold=float(policy.exit) if finite else None,
+        exit_sessions=int(policy.exit_sessions), budget=policy.budget if finite else None,
+        context=policy.describe() if has_model else
+        "Only a reliable deterioration opens a flag for this instrument.")
+
+
+def _learned(m, X: pd.DataFrame, colours: np.ndarray, flags: list[Flag],
+             eligible: np.ndarray) -> dict:
+    """Learned suggestions for the clients who are not on track (flagged, or red/yellow), in
     ONE batched call to the recommender; {} when the bundle has none."""
     rec = getattr(m, "recommender", None) if m is not None else None
     if rec is None:
         return {}
-    at_risk = np.array([r is not None and bool(r.at_risk) for r in risk], dtype=bool)
-    idx = np.flatnonzero(np.isin(colours.astype(str), ("red", "yellow")) | at_risk)
+    flagged = np.array([f.flagged for f in flags], dtype=bool)
+    idx = np.flatnonzero((np.isin(colours.astype(str), ("red", "yellow")) | flagged)
+                         & eligible)
     if not len(idx):
         return {}
     return dict(zip(idx.tolist(), rec.recommend(X.iloc[idx]), strict=True))
@@ -444,14 +744,17 @@ def _with_learned(sugg: list, rec, notes: list[str]) -> list[SuggestionOut]:
                                                  rationale=why, source=g.source))
     return out
 
-def _intake_course(navigator, sessions: pd.DataFrame, instrument: str, ids: np.ndarray
-                   ) -> dict[str, np.ndarray]:
+def _intake_course(navigator, sessions: pd.DataFrame, instrument: str, ids: np.ndarray,
+                   exclude: pd.Index | None = None) -> dict[str, np.ndarray]:
     """The neighbours' expected course for each client, matched on what was known at intake
     (Lutz et al. 2005: similar clients at the START of treatment), so that a client who has
     not improved is compared with clients who started like them, not with clients who also
-    did not improve. NaN rows for clients without an intake score."""
+    did not improve. NaN rows for clients without an intake score. ``exclude``: the
+    reference's sorted ids (training: a client is never its own neighbour)."""
     at1 = point_in_time(sessions, instrument=instrument, at=(1,))
-    course = navigator.expected_course(at1.X)
+    excl = (None if exclude is None
+            else exclude.get_indexer(pd.Index(at1.keys["client_id"].to_numpy(dtype=object))))
+    course = navigator.expected_course(at1.X, exclude=excl)
     pos = pd.Index(at1.keys["client_id"]).get_indexer(pd.Index(ids))
     out = {}
     for key, val in course.items():
@@ -461,8 +764,9 @@ def _intake_course(navigator, sessions: pd.DataFrame, instrument: str, ids: np.n
     return out
 
 
-def _latest_alliance(sessions: pd.DataFrame) -> dict[str, tuple[str, float]]:
-    """Per client: (alliance instrument, its latest raw score), for display."""
+def _latest_alliance(sessions: pd.DataFrame) -> dict[str, tuple[str, float, float | None]]:
+    """Per client: (alliance instrument, its latest raw score, the previous score on the same
+    instrument or None), for display and the alliance prompts."""
     codes = [c for c, i in REGISTRY.items() if i.role is Role.ALLIANCE]
     inst = sessions["instrument"].to_numpy(dtype=object)
     m = np.isin(inst, codes)
@@ -471,11 +775,22 @@ def _latest_alliance(sessions: pd.DataFrame) -> dict[str, tuple[str, float]]:
     ids = sessions["client_id"].to_numpy(dtype=object)[m]
     sess = sessions["session"].to_numpy(dtype=np.int64)[m]
     score = sessions["score"].to_numpy(dtype=float)[m]
-    order = np.lexsort((sess, ids.astype(str)))
-    ids, inst_m, score = ids[order], inst[m][order], score[order]
-    last = np.r_[ids[1:] != ids[:-1], True]
-    return {str(c): (str(i), float(v)) for c, i, v in zip(ids[last], inst_m[last],
-                                                          score[last], strict=True)}
+    rank = np.array([codes.index(c) for c in inst[m]])
+    order = np.lexsort((-rank, sess, ids.astype(str)))
+    ids, inst_m, score, sess = ids[order], inst[m][order], score[order], sess[order]
+    out: dict[str, tuple[str, float, float | None]] = {}
+    lastpos = np.flatnonzero(np.r_[ids[1:] != ids[:-1], True])
+    for j in lastpos.tolist():
+        code = str(inst_m[j])
+        prev = None
+        k = j - 1
+        while k >= 0 and ids[k] == ids[j]:
+            if inst_m[k] == code and sess[k] < sess[j]:
+                prev = float(score[k])
+                break
+            k -= 1
+        out[str(ids[j])] = (code, float(score[j]), prev)
+    return out
 
 
 def _population_check(pop, intake: float, session: float, instrument: str,

@@ -1,8 +1,9 @@
 """The fitted bundle: ONE object from training to serving.
 
 It holds, per outcome instrument, the expected-response model, the nearest-neighbour navigator,
-the failure and dropout risk models (with their stored thresholds and the booster the
-explanations come from) and the training population; plus the feature version and names and
+the failure and dropout risk models (with the booster the explanations come from), the
+not-on-track flag policy (`models.flag`, its thresholds and what they achieved) and the
+training population; plus the feature version and names and
 the model-card fields. Training builds it and logs it to MLflow as a custom pyfunc; the
 service loads it from the registry and calls `assess`; nothing is rebuilt at serving time.
 """
@@ -42,6 +43,8 @@ class InstrumentModels:
     population: Population
     validation: dict[str, Any] = field(default_factory=dict)
     recommender: Any | None = None  # models.recommender.RLearnerUplift (None: rules only)
+    flag_policy: Any | None = None  # models.flag.FlagPolicy (None: deterioration rule only)
+    target: str = "failed"  # features.targets.TARGETS: what the failure model predicts
 
 
 @dataclass
@@ -62,10 +65,12 @@ class Bundle:
         check_features(self.feature_version, self.feature_names, FEATURE_VERSION, FEATURE_NAMES)
 
     def assess(self, sessions: pd.DataFrame, covariates: pd.DataFrame | None = None,
-               horizon: int = 4) -> list:
+               horizon: int = 4, budget: float | None = None,
+               alliance_after: bool = False) -> list:
         from models.assess import assess
 
-        return assess(self, sessions, covariates=covariates, horizon=horizon)
+        return assess(self, sessions, covariates=covariates, horizon=horizon, budget=budget,
+                      alliance_after=alliance_after)
 
     def predict_frame(self, sessions: pd.DataFrame) -> pd.DataFrame:
         """Tabular predictions, one row per client (the MLflow pyfunc output)."""
@@ -77,7 +82,8 @@ class Bundle:
                 "instrument": a.instrument,
                 "p_failure": np.nan if risk is None else risk.p_failure,
                 "p_dropout": np.nan if risk is None or risk.p_dropout is None else risk.p_dropout,
-                "at_risk": None if risk is None else bool(risk.at_risk),
+                "flag_state": a.flag.state,
+                "flagged": bool(a.flag.flagged),
                 "signal": a.signal.colour,
                 "safety": a.safety.status,
             })

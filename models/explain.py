@@ -33,18 +33,59 @@ def _pct(x: float) -> str:
 Template = Callable[[float, Instrument, dict[str, float]], str]
 
 
+def _pts(x: float) -> str:
+    x = abs(float(x))
+    return f"{x:.0f}" if x.is_integer() else f"{x:.1f}"
+
+
+def change_words(intake: float, latest: float, instrument: str | Instrument) -> str:
+    """Change since intake in words a therapist can check, honouring the direction and the
+    reliable-change threshold: "worse by 5, 1 point short of a reliable deterioration",
+    "better by 7: a reliable improvement", "no change since intake"."""
+    inst = instrument if isinstance(instrument, Instrument) else get(instrument)
+    if not (np.isfinite(intake) and np.isfinite(latest)):
+        return "change not known"
+    imp = inst.sign * (float(intake) - float(latest))
+    if imp == 0:
+        return "no change since intake"
+    way = "better" if imp > 0 else "worse"
+    text = f"{way} by {_pts(imp)}"
+    if inst.rci is None:
+        return text + " (no reliable-change threshold is published)"
+    if imp >= inst.rci:
+        crossed = (inst.cutoff is not None and inst.in_clinical_range(intake)
+                   and not inst.in_clinical_range(latest))
+        return text + (": a reliable improvement, out of the clinical range (recovered)"
+                       if crossed else ": a reliable improvement")
+    if imp <= -inst.rci:
+        return text + ": a reliable deterioration"
+    short = inst.rci - abs(imp)
+    unit = "point" if short == 1 else "points"
+    what = "a reliable improvement" if imp > 0 else "a reliable deterioration"
+    return text + f", {_pts(short)} {unit} short of {what}"
+
+
+def range_words(score: float, instrument: str | Instrument) -> str:
+    """Where a score lies against the clinical cut-off, direction-aware ("below the cut-off
+    of 10" for PHQ-9, "above the cut-off of 25" for ORS); "" without a cut-off."""
+    inst = instrument if isinstance(instrument, Instrument) else get(instrument)
+    if inst.cutoff is None or not np.isfinite(score):
+        return ""
+    if inst.in_clinical_range(score):
+        return "in the clinical range"
+    side = "at or above" if inst.higher_is_better else "below"
+    return f"outside the clinical range ({side} the cut-off of {_pts(inst.cutoff)})"
+
+
 def _change(v: float, inst: Instrument, row: dict[str, float]) -> str:
     pts = row.get("change_raw", np.nan)
     if not np.isfinite(pts):
         return f"Only the intake {inst.code} score is known so far."
-    if pts <= 0:
-        worse = "has risen" if not inst.higher_is_better else "has fallen"
-        return (f"{inst.code} has not improved since intake" if pts == 0 else
-                f"{inst.code} {worse} by {_n(abs(pts), 1)} points since intake (worse)")
-    better = "fallen" if not inst.higher_is_better else "risen"
-    rel = row.get("change_rc", np.nan)
-    tail = " — a reliable improvement" if rel >= 1 else " — less than a reliable change"
-    return f"{inst.code} has {better} by {_n(pts, 1)} points since intake{tail}"
+    intake = row.get("intake_score", np.nan)
+    latest = row.get("latest_score", np.nan)
+    if not (np.isfinite(intake) and np.isfinite(latest)):  # a matrix without the raw scores
+        intake, latest = 0.0, -inst.sign * pts
+    return f"{inst.code} since intake: {change_words(intake, latest, inst)}"
 
 
 def _change_frac(v, inst, row):
@@ -99,11 +140,9 @@ def _latest(v, inst, row):
     s = row.get("latest_score", np.nan)
     if not np.isfinite(s):
         return f"No {inst.code} score yet."
-    band = ""
-    if inst.cutoff is not None:
-        clinical = s < inst.cutoff if inst.higher_is_better else s >= inst.cutoff
-        band = " (in the clinical range)" if clinical else " (below the clinical cut-off)"
-    return f"Latest {inst.code} score is {_n(s, 1 if not inst.integer_scores else 0)}{band}"
+    band = range_words(s, inst)
+    return (f"Latest {inst.code} score is {_n(s, 1 if not inst.integer_scores else 0)}"
+            + (f" ({band})" if band else ""))
 
 
 def _intake(v, inst, row):
@@ -115,6 +154,13 @@ def _other(v, inst, row):
     if not np.isfinite(v):
         return "No other outcome measure at the latest session."
     return f"Other outcome measures at the latest session sit at {_pct(v)} of their worst score"
+
+
+def _other_clinical(v, inst, row):
+    if not np.isfinite(v):
+        return "No other outcome measure with a clinical cut-off so far."
+    return ("Another outcome measure is still in its clinical range" if v == 1
+            else "Other outcome measures are outside their clinical range")
 
 
 def _variability(v, inst, row):
@@ -240,6 +286,7 @@ TEMPLATES: dict[str, FeatureText] = {
     "intake_severity": FeatureText(SEVERITY, _intake),
     "latest_severity": FeatureText(SEVERITY, _latest),
     "other_severity_latest": FeatureText(SEVERITY, _other),
+    "other_clinical_latest": FeatureText(SEVERITY, _other_clinical),
     "change_raw": FeatureText(SYMPTOM_CHANGE, _change),
     "change_rc": FeatureText(SYMPTOM_CHANGE, _change),
     "change_frac": FeatureText(SYMPTOM_CHANGE, _change_frac),

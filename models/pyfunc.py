@@ -1,8 +1,8 @@
 """The bundle as an MLflow pyfunc model.
 
 `predict` takes a sessions frame in the data contract's format (one row per client, session and
-instrument) and returns one row per client: probabilities, the at-risk flag, the signal and the
-safety status. The whole bundle is reachable with ``loaded.unwrap_python_model().bundle`` (the
+instrument) and returns one row per client: probabilities, the not-on-track flag state, the signal and
+the safety status. The whole bundle is reachable with ``loaded.unwrap_python_model().bundle`` (the
 service uses it for full assessments with explanations).
 """
 

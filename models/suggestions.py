@@ -69,18 +69,20 @@ def _f(row: dict, name: str) -> float:
 
 def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
                      p_failure: float | None, p_dropout: float | None,
-                     safety: str, at_risk: bool | None = None,
-                     alliance_drop: bool | None = None) -> list[Suggestion]:
-    """Ranked suggestions for one client (crisis prompts first). ``alliance_drop``: whether the
-    alliance fell by an amount worth raising (the alliance instrument's rule, e.g. SRS >= 1
-    point); when not given, any fall counts."""
+                     safety: str, flagged: bool | None = None,
+                     alliance_drop: bool | None = None,
+                     alliance_below: bool | None = None) -> list[Suggestion]:
+    """Ranked suggestions for one client (crisis prompts first). ``flagged``: the not-on-track
+    flag is open. ``alliance_drop`` / ``alliance_below``: whether the latest alliance rating in
+    the record fell by an amount worth raising (the alliance instrument's rule, e.g. SRS >= 1
+    point) / is below its cut-off; when not given, the features' values are used."""
     inst = instrument if isinstance(instrument, Instrument) else get(instrument)
     out: list[Suggestion] = []
     if safety == "flag":
         out.extend(Suggestion("safety", text, "A risk item was answered above zero; this is "
                               "raised whatever any model says.", priority=0)
                    for text in CRISIS_PROMPTS)
-    not_on_track = signal in {"red", "yellow"} or bool(at_risk)
+    not_on_track = signal in {"red", "yellow"} or bool(flagged)
     session = _f(row, "session")
 
     # Clinical-support checklist (as in Lambert's clinical support tools): every domain the
@@ -94,7 +96,8 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
                 f"{said}, at or above the checklist's cut-off of {cut:.0f}.",
                 priority=int(9 - min(v, 4)), evidence={f"checklist_{domain}": v}))
 
-    below = _f(row, "alliance_below_cutoff") == 1
+    below = (_f(row, "alliance_below_cutoff") == 1 if alliance_below is None
+             else bool(alliance_below))
     drop = _f(row, "alliance_drop") > 0 if alliance_drop is None else bool(alliance_drop)
     if below or drop:
         why = []

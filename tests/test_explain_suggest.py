@@ -59,13 +59,13 @@ def test_crisis_prompts_come_first_and_all_are_prompts():
 
 def test_on_track_client_gets_no_change_prompts():
     out = rule_suggestions(_row(change_rc=1.5, max_improvement_rc=1.5, latest_severity=0.3),
-                           "PHQ-9", "green", 0.1, 0.1, "clear", False)
+                           "PHQ-9", "green", 0.1, 0.1, "not_endorsed", False)
     assert out == []
 
 
 def test_lost_gain_suggests_life_events():
     out = rule_suggestions(_row(change_rc=0.0, max_improvement_rc=1.5), "PHQ-9", "yellow", 0.6,
-                           0.2, "clear", True)
+                           0.2, "not_endorsed", True)
     assert "life_events" in [s.adaptation for s in out]
 
 
@@ -75,7 +75,7 @@ def test_checklist_ratings_prompt_their_domains_highest_first():
     row = _row(checklist_social_support=4.0, checklist_motivation=2.0, checklist_life_events=1.0,
                checklist_alliance_repair=0.0, checklist_medication_review=np.nan,
                alliance_below_cutoff=1)
-    out = rule_suggestions(row, "PHQ-9", "red", None, None, "clear", True)
+    out = rule_suggestions(row, "PHQ-9", "red", None, None, "not_endorsed", True)
     codes = [s.adaptation for s in out]
     assert codes[:2] == ["social_support", "motivation"]
     assert "life_events" not in codes[:3] and len(codes) == len(set(codes))
@@ -84,7 +84,7 @@ def test_checklist_ratings_prompt_their_domains_highest_first():
     assert not BANNED.search(out[0].prompt + out[0].rationale)
     # no checklist: the same rules as before it
     plain = rule_suggestions(_row(alliance_below_cutoff=1), "PHQ-9", "red", None, None,
-                             "clear", True)
+                             "not_endorsed", True)
     assert plain[0].adaptation == "alliance_repair"
 
 

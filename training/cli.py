@@ -138,6 +138,34 @@ def _print_frame(frame, title: str, columns: dict[str, str], digits: int = 3) ->
     console.print(table)
 
 
+def print_flag_table(frame, title: str) -> None:
+    """The flag-policy table: shares in percent with their intervals."""
+    import math
+
+    cols = {"deteriorators_s3": "deteriorators s3", "deteriorators_end": "… by end",
+            "non_improvers_s3": "non-improvers s3", "improvers_s3": "improvers s3",
+            "improvers_end": "… by end", "ppv_s3": "PPV s3", "flags_per_100": "flags/100",
+            "flip_rate": "flip rate"}
+    table = Table(title=title)
+    table.add_column("policy", justify="left")
+    table.add_column("clients", justify="right")
+    for label in cols.values():
+        table.add_column(label, justify="right")
+    for row in frame.to_dict("records"):
+        cells = [row["label"], f"{row['clients']} ({row['deteriorators']} det.)"]
+        for key in cols:
+            v = row.get(key)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append("—")
+            elif key == "flags_per_100":
+                cells.append(f"{v:.0f} [{row[key + '_lo']:.0f}, {row[key + '_hi']:.0f}]")
+            else:
+                cells.append(f"{100 * v:.0f}% [{100 * row[key + '_lo']:.0f}, "
+                             f"{100 * row[key + '_hi']:.0f}]")
+        table.add_row(*cells)
+    console.print(table)
+
+
 def print_training_report(result) -> None:
     for inst, r in result.reports.items():
         s3 = r.comparison[r.comparison["session"] == 3]
@@ -155,9 +183,14 @@ def print_training_report(result) -> None:
                          {"label": "model", "n": "n", "auroc": "AUROC", "brier": "Brier",
                           "cal_slope": "cal. slope"})
         _print_frame(r.deterioration, f"{inst}: eventual reliable deteriorators flagged by "
-                     "session 3 (anchor 85%, Hannan et al. 2005)",
+                     "session 3 at each model's per-session threshold (cross-validated; the "
+                     "flag policy's figures follow)",
                      {"label": "model", "deteriorators": "deteriorators",
                       "flagged_deteriorators": "flagged", "flagged_others": "others flagged"})
+        if r.flags is not None:
+            print_flag_table(r.flags.table, f"{inst}: flag policies replayed session by session "
+                             "on held-out clients (95% client-bootstrap intervals)")
+            console.print(r.flags.summary)
         if r.dropout is not None:
             _print_frame(r.dropout[r.dropout["session"] == 3], f"{inst}: dropout, session 3",
                          {"label": "model", "n": "n", "auroc": "AUROC", "brier": "Brier",
@@ -186,17 +219,30 @@ def train(
     register: Annotated[bool, typer.Option(help="Log, register and gate the bundle.")] = True,
     permute_labels: Annotated[bool, typer.Option(
         help="Negative control: shuffle outcomes between clients before training.")] = False,
+    target: Annotated[str, typer.Option(
+        help="What 'not reliably improved' means: failed (on the instrument) or failed_nhs "
+        "(the NHS Talking Therapies paired PHQ-9/GAD-7 rule; PHQ-9 and GAD-7 models only).")
+    ] = "failed",
+    flag_budget: Annotated[float, typer.Option(
+        help="Flag budget: at most this share of eventual reliable improvers flagged by "
+        "session 3 (sets the flag policy's entry threshold).", min=0.01, max=0.99)] = 0.30,
 ) -> None:
     """Cross-validate and compare all models, fit the bundle, log to MLflow, register, gate."""
+    from features.targets import TARGETS
     from training.pipeline import Settings, TooLittleDataError
     from training.train import train as run_training
 
+    if target not in TARGETS:
+        err.print(f"[red]error[/red]: --target must be one of {', '.join(TARGETS)}, "
+                  f"not {target!r}")
+        raise typer.Exit(2)
     cohort, _ = load_or_exit(data)
     with _progress() as bar:
         task = bar.add_task("training", total=None)
         try:
             result = run_training(
-                cohort, data, Settings(seed=seed, n_folds=folds, n_neighbors=neighbours),
+                cohort, data, Settings(seed=seed, n_folds=folds, n_neighbors=neighbours,
+                                       target=target, flag_budget=flag_budget),
                 instruments=instrument or None, n_boot=bootstrap, register_model=register,
                 permute_labels=permute_labels,
                 progress=lambda msg: bar.update(task, description=msg))

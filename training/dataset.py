@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.change import first_last, reliable_change
 from features.contract import Cohort
 from features.instruments import REGISTRY, Role
 from features.pointintime import DEFAULT_AT, point_in_time
@@ -45,6 +44,7 @@ class TrainingRows:
     dropped_out: np.ndarray
     deteriorated: np.ndarray  # eventual reliable deterioration on the instrument (1/0/NaN)
     context: pd.DataFrame  # clinic_id, therapist_id, covariates per row (subgroups only)
+    target: str = "failed"  # features.targets.TARGETS: which definition `failed` holds
 
     def __len__(self) -> int:
         return len(self.X)
@@ -58,7 +58,7 @@ class TrainingRows:
         return TrainingRows(
             self.instrument, self.X[mask].reset_index(drop=True),
             self.keys[mask].reset_index(drop=True), self.failed[mask], self.dropped_out[mask],
-            self.deteriorated[mask], self.context[mask].reset_index(drop=True))
+            self.deteriorated[mask], self.context[mask].reset_index(drop=True), self.target)
 
 
 def outcome_instruments(cohort: Cohort) -> list[str]:
@@ -68,20 +68,20 @@ def outcome_instruments(cohort: Cohort) -> list[str]:
             and i.cutoff is not None and i.rci is not None]
 
 
-def build_rows(cohort: Cohort, instrument: str, at=DEFAULT_AT) -> TrainingRows:
+def build_rows(cohort: Cohort, instrument: str, at=DEFAULT_AT,
+               target: str = "failed", alliance_lag: bool = True) -> TrainingRows:
+    """Training rows; ``alliance_lag=False`` only to measure what the alliance rating of the
+    assessed session would add (`benchmarks/bench_alliance_timing.py`): the served model
+    never sees it by default."""
     s = cohort.sessions
-    ff = point_in_time(s, instrument=instrument, at=at)
-    tg = targets(s, cohort.clients if len(cohort.clients) else None, instrument=instrument)
+    ff = point_in_time(s, instrument=instrument, at=at, alliance_lag=alliance_lag)
+    tg = targets(s, cohort.clients if len(cohort.clients) else None, instrument=instrument,
+                 target=target)
     ids = ff.keys["client_id"]
     failed = tg["failed"].reindex(ids).to_numpy(dtype=float)
     dropped = tg["dropped_out"].reindex(ids).to_numpy(dtype=float)
-    # eventual reliable deterioration (first vs last score), for the "flagged by session 3" view
-
-    fl = first_last(s, instrument)
-    fl = fl[fl["n_scores"] >= 2]
-    det = pd.Series(reliable_change(fl["first"], fl["last"], instrument) == -1,
-                    index=fl.index).astype(float)
-    deteriorated = det.reindex(ids).to_numpy(dtype=float)
+    # eventual reliable deterioration (first vs last score), for the flag-policy views
+    deteriorated = tg["deteriorated"].reindex(ids).to_numpy(dtype=float)
     ctx = pd.DataFrame(index=pd.Index(ids.unique(), name="client_id"))
     per_client = s.drop_duplicates("client_id").set_index("client_id")
     for c in ("clinic_id", "therapist_id"):
@@ -92,4 +92,5 @@ def build_rows(cohort: Cohort, instrument: str, at=DEFAULT_AT) -> TrainingRows:
         for c in cov.columns:
             ctx[c] = cov[c].reindex(ctx.index)
     context = ctx.reindex(ids).reset_index(drop=True)
-    return TrainingRows(instrument, ff.X, ff.keys, failed, dropped, deteriorated, context)
+    return TrainingRows(instrument, ff.X, ff.keys, failed, dropped, deteriorated, context,
+                        target)

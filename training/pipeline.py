@@ -18,10 +18,13 @@ from sklearn.model_selection import GroupKFold
 
 from features.contract import Cohort
 from features.instruments import get
+from features.pointintime import DEFAULT_AT
+from features.targets import NHS_INSTRUMENTS, check_target
 from models.baseline import LogisticRisk
 from models.bundle import Bundle, InstrumentModels, Population
 from models.expected import ExpectedResponse, trajectory_points
 from models.expected_risk import ExpectedResponseRisk
+from models.flag import BY_SESSION, DEFAULT_BUDGET, FlagPolicy, Outcomes, fit_policy
 from models.neighbours import NeighbourNavigator
 from models.risk import MIN_TRAINING_CASES, GBMRisk, InsufficientDataError
 from training.dataset import TrainingRows, build_rows, holdout_mask, outcome_instruments
@@ -46,6 +49,8 @@ class Settings:
     n_folds: int = 5
     n_neighbors: int = 50
     gbm: dict = field(default_factory=dict)  # GBMRisk overrides (n_estimators, num_leaves, ...)
+    target: str = "failed"  # features.targets.TARGETS
+    flag_budget: float = DEFAULT_BUDGET  # share of eventual improvers flagged by session 3
 
 
 def _factory(name: str, instrument: str, target: str, settings: Settings):
@@ -222,9 +227,44 @@ def fit_instrument(cohort: Cohort, rows: TrainingRows, settings: Settings,
     navigator = _fit(NeighbourNavigator(instrument=inst, n_neighbors=settings.n_neighbors),
                      rows, rows.failed, trajectories)
     _threshold(navigator, rows, rows.failed)
-    return InstrumentModels(instrument=inst, expected=expected, failure=failure,
-                            dropout=dropout, navigator=navigator, population=population(rows),
-                            recommender=fit_recommender(cohort, rows, settings))
+    models = InstrumentModels(instrument=inst, expected=expected, failure=failure,
+                              dropout=dropout, navigator=navigator, population=population(rows),
+                              recommender=fit_recommender(cohort, rows, settings),
+                              target=rows.target)
+    models.flag_policy = fit_flag_policy(cohort, rows, models, settings)
+    return models
+
+
+def oof_risk(failure, n_rows: int) -> np.ndarray:
+    """The failure model's out-of-fold risks (its calibration folds, grouped by client) per
+    training row; NaN on rows without a known outcome."""
+    p = np.full(n_rows, np.nan)
+    p[failure.oof_rows_] = failure.oof_proba_
+    return p
+
+
+def fit_flag_policy(cohort: Cohort, rows: TrainingRows, models: InstrumentModels,
+                    settings: Settings) -> FlagPolicy:
+    """The flag policy for the training clients: their history as of sessions 1..6 with the
+    signal of the fitted expected course (a client is never its own neighbour) and the
+    failure model's OUT-OF-FOLD risks, then the entry threshold for the budget
+    (`models.flag.fit_policy`)."""
+    from models.assess import policy_history
+    from training.metrics import METRICS
+
+    ids = pd.Index(sorted(pd.unique(rows.groups)))
+    s = cohort.sessions[cohort.sessions["client_id"].isin(ids)]
+    history, keys = policy_history(models, s, rows.instrument, at=DEFAULT_AT, exclude=ids)
+    if not keys[["client_id", "session"]].reset_index(drop=True).equals(
+            rows.keys[["client_id", "session"]].reset_index(drop=True)):
+        raise RuntimeError("flag-policy history rows differ from the training rows")
+    p = oof_risk(models.failure, len(rows))
+    t = rows.keys["session"].to_numpy()
+    at3 = (t == BY_SESSION) & np.isfinite(p) & np.isfinite(rows.failed)
+    auroc = (float(METRICS["auroc"](rows.failed[at3], p[at3]))
+             if at3.any() and len(np.unique(rows.failed[at3])) == 2 else None)
+    return fit_policy(history.with_p(p), Outcomes(rows.failed, rows.deteriorated),
+                      budget=settings.flag_budget, target=rows.target, auroc=auroc)
 
 
 #: Fewest decision rows (off-track clients with a known outcome) to fit the recommender.
@@ -259,12 +299,15 @@ def split_for_gate(rows: TrainingRows) -> tuple[TrainingRows, TrainingRows]:
     return rows.subset(~hold), rows.subset(hold)
 
 
-def instrument_rows(cohort: Cohort, instruments: list[str] | None = None
-                    ) -> dict[str, TrainingRows]:
+def instrument_rows(cohort: Cohort, instruments: list[str] | None = None,
+                    target: str = "failed") -> dict[str, TrainingRows]:
     chosen = instruments or outcome_instruments(cohort)
+    if target != "failed":  # the NHS paired target exists for PHQ-9 and GAD-7 only
+        chosen = [c for c in chosen if c in NHS_INSTRUMENTS]
     for c in chosen:
         get(c)
-    return {c: build_rows(cohort, c) for c in chosen}
+        check_target(target, c)
+    return {c: build_rows(cohort, c, target=target) for c in chosen}
 
 
 def make_bundle(models: dict[str, InstrumentModels], card: dict, provenance: dict) -> Bundle:

@@ -125,5 +125,36 @@ def policy_value_plot(results, labels: dict[str, str], title: str = ""):
     return fig
 
 
+def flag_curve_plot(curves: pd.DataFrame, table: pd.DataFrame, budget: float,
+                    title: str = "Flagged by session 3: deteriorators vs improvers"):
+    """The cumulative trade-off of the flag policy (entry threshold swept, the rules always
+    on): share of eventual reliable deteriorators flagged by session 3 against the share of
+    eventual reliable improvers, for the model and the oracle, with each policy's point."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    styles = {"model": ("#d62728", "-"), "model, oracle's clients": ("#d62728", ":"),
+              "oracle": ("#000000", "--")}
+    for src, d in curves.groupby("source", sort=False):
+        d = d.sort_values("improvers")
+        colour, ls = styles.get(src, ("#7f7f7f", "-"))
+        ax.plot(100 * d["improvers"], 100 * d["deteriorators"], color=colour, ls=ls, label=src)
+    marks = {"learned": ("o", "#d62728"), "per_row": ("s", "#1f77b4"),
+             "lambert": ("^", "#7f7f7f"), "oracle": ("D", "#000000")}
+    for r in table.to_dict("records"):
+        if r["policy"] in marks:
+            mk, colour = marks[r["policy"]]
+            ax.scatter(100 * r["improvers_s3"], 100 * r["deteriorators_s3"], marker=mk,
+                       color=colour, zorder=3, label=r["label"])
+    ax.axvline(100 * budget, color="#999999", lw=1, ls="--")
+    ax.axhline(85, color="#999999", lw=1, ls=":")
+    ax.text(100 * budget + 1, 3, f"budget {100 * budget:.0f}%", fontsize=7, color="#666666")
+    ax.text(2, 86, "85% (Hannan et al. 2005)", fontsize=7, color="#666666")
+    ax.set(xlabel="eventual reliable improvers flagged by session 3 (%)",
+           ylabel="eventual reliable deteriorators flagged by session 3 (%)", title=title,
+           xlim=(0, 100), ylim=(0, 101))
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)

@@ -219,7 +219,7 @@ def rule_top(X: pd.DataFrame, instrument: str, fallback: np.ndarray | None = Non
              ) -> np.ndarray:
     """Index into OPTIONS of the top rule-based suggestion at the decision session.
 
-    The rules see the decision row with signal "red" and ``at_risk`` True (every decision row
+    The rules see the decision row with signal "red" and the flag open (every decision row
     is off track) and no risk probabilities (the evaluation fits no risk model); where no rule
     fires the option is ``fallback`` (or "none" when not given).
     """
@@ -228,7 +228,7 @@ def rule_top(X: pd.DataFrame, instrument: str, fallback: np.ndarray | None = Non
     inst = get(instrument)
     out = np.zeros(len(X), dtype=np.int64) if fallback is None else fallback.copy()
     for i, row in enumerate(X.to_dict("records")):
-        sg = [s for s in rule_suggestions(row, inst, "red", None, None, "clear", True)
+        sg = [s for s in rule_suggestions(row, inst, "red", None, None, "not_endorsed", True)
               if s.adaptation in OPTIONS]
         if sg:
             out[i] = OPTIONS.index(sg[0].adaptation)

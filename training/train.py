@@ -22,7 +22,7 @@ import pandas as pd
 import structlog
 
 from features.contract import Cohort
-from features.pointintime import FEATURE_NAMES, FEATURE_VERSION
+from features.pointintime import DEFAULT_AT, FEATURE_NAMES, FEATURE_VERSION
 from models.expected_risk import ExpectedResponseRisk
 from models.neighbours import trajectory_matrix
 from training import plots
@@ -34,8 +34,10 @@ from training.evaluate import (
     same_rows_vs_oracle,
     subgroups,
 )
+from training.flag_eval import PolicyEvaluation, evaluate, oracle_clients, oracle_p
 from training.pipeline import (
     LABELS,
+    ORACLE_INSTRUMENT,
     Settings,
     TooLittleDataError,
     available_models,
@@ -74,6 +76,7 @@ class InstrumentReport:
     deterioration: pd.DataFrame
     dropout: pd.DataFrame | None
     subgroups: pd.DataFrame
+    flags: PolicyEvaluation | None = None
 
 
 @dataclass
@@ -113,6 +116,19 @@ def _model_card(reports: dict[str, InstrumentReport], models: dict, provenance: 
                 for row in cmp.to_dict("records")],
             "notes": r.notes,
         }
+        pol = models[inst].flag_policy
+        if pol is not None:
+            validation[inst]["flag_policy"] = {
+                "description": pol.describe(),
+                "entry_threshold": pol.entry, "exit_threshold": pol.exit,
+                "exit_sessions": pol.exit_sessions, "budget": pol.budget,
+                "by_session": pol.by_session,
+                "achieved_out_of_fold": pol.achieved,
+                "held_out": ([] if r.flags is None else [
+                    {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                     for k, v in row.items()} for row in r.flags.table.to_dict("records")]),
+                "held_out_summary": None if r.flags is None else r.flags.summary,
+            }
     population = {inst: m.population.__dict__ for inst, m in models.items()}
     return {
         "name": MODEL_NAME,
@@ -135,9 +151,19 @@ def _model_card(reports: dict[str, InstrumentReport], models: dict, provenance: 
             "log-odds scale explain each risk. A non-zero risk item raises a safety flag "
             "whatever the model says."),
         "outcome_definition": (
+            "failed_nhs = at caseness at the first paired PHQ-9/GAD-7 scores, at least two "
+            "paired scores, and not a reliable improvement by the NHS Talking Therapies rule "
+            "(PHQ-9 down by 6 or GAD-7 down by 4, neither reliably worse)"
+            if provenance.get("target") == "failed_nhs" else
             "failed = intake in the clinical range, at least two scores, and the last score not "
-            "a reliable improvement on intake (PHQ-9: not at least 6 points below); dropout = "
-            "end status 'dropout'."),
+            "a reliable improvement on intake (PHQ-9: not at least 6 points below)")
+            + "; dropout = end status 'dropout'. Clients starting below the cut-off get no "
+            "risk and are monitored for reliable deterioration only.",
+        "flag_policy": ("The not-on-track flag is a policy over the client's history "
+                        "(models/flag.py): no flag at intake; it opens when the risk reaches "
+                        "the entry threshold, the signal is red twice in a row, or the score "
+                        "reliably deteriorates; it clears after calm sessions below a lower "
+                        "exit threshold. Thresholds per instrument under validation."),
         "training_population": population,
         "validation": validation,
         "limits": [
@@ -241,7 +267,7 @@ def train(cohort: Cohort, data_path: Path | None, settings: Settings | None = No
     progress = progress or (lambda _msg: None)
     configure(EXPERIMENT)
     truth = read_truth(data_path)
-    rows_by_inst = instrument_rows(cohort, instruments)
+    rows_by_inst = instrument_rows(cohort, instruments, settings.target)
     if not rows_by_inst:
         raise TooLittleDataError("no outcome instrument with a cut-off and a reliable-change "
                                  "threshold in this cohort")
@@ -259,13 +285,15 @@ def train(cohort: Cohort, data_path: Path | None, settings: Settings | None = No
         "git_commit": git_commit(), "seed": str(settings.seed),
         "feature_version": FEATURE_VERSION, "simulated": str(truth is not None),
         "holdout_fraction": str(HOLDOUT_FRACTION), "permuted_labels": str(permute_labels),
-        "n_clients": str(cohort.n_clients),
+        "n_clients": str(cohort.n_clients), "target": settings.target,
+        "flag_budget": str(settings.flag_budget),
     }
     reports, fitted, holds = {}, {}, {}
     with mlflow.start_run(run_name=f"train {dt.datetime.now():%Y-%m-%d %H:%M}") as run:
         mlflow.set_tags({"kind": "training",
                          **{f"provenance.{k}": v for k, v in provenance.items()}})
         mlflow.log_params({"seed": settings.seed, "n_folds": settings.n_folds,
+                           "target": settings.target, "flag_budget": settings.flag_budget,
                            "n_neighbors": settings.n_neighbors, "n_boot": n_boot,
                            "instruments": ",".join(rows_by_inst),
                            "permute_labels": permute_labels})
@@ -277,6 +305,10 @@ def train(cohort: Cohort, data_path: Path | None, settings: Settings | None = No
             progress(f"{inst}: fitting the bundle")
             model = fit_instrument(cohort, dev, settings, extras["traj"])
             reports[inst], fitted[inst], holds[inst] = report, model, (dev, hold)
+            progress(f"{inst}: replaying the flag policies on held-out clients")
+            report.flags = evaluate_flags(cohort, model, dev, hold, truth, n_boot,
+                                          settings.seed)
+            _log_flags(report.flags, model, inst)
             _log_table(report.comparison, f"comparison_{inst}")
             _log_table(report.external, f"leave_clinics_out_{inst}")
             _log_table(report.vs_oracle, f"vs_oracle_{inst}")
@@ -321,6 +353,65 @@ def train(cohort: Cohort, data_path: Path | None, settings: Settings | None = No
         log.info("trained", run_id=run.info.run_id, version=version,
                  promoted=decision.promote)
     return result
+
+
+def evaluate_flags(cohort: Cohort, model, dev: TrainingRows, hold: TrainingRows, truth,
+                   n_boot: int = 200, seed: int = 0) -> PolicyEvaluation | None:
+    """The flag policies replayed session by session on the held-out clients (whole
+    histories, the fitted bundle's models), with the oracle's ceiling on simulated data."""
+    from features.targets import targets
+    from models.assess import policy_history
+    from models.flag import Outcomes, fit_policy
+
+    if model.flag_policy is None or not len(hold):
+        return None
+    inst = dev.instrument
+    hold_ids = pd.unique(hold.groups)
+    s = cohort.sessions[cohort.sessions["client_id"].isin(set(hold_ids))]
+    clients = cohort.clients[cohort.clients["client_id"].isin(set(hold_ids))] if len(
+        cohort.clients) else None
+    history, keys = policy_history(model, s, inst)
+    tg = targets(s, clients, instrument=inst, target=dev.target)
+    outcomes = Outcomes(tg["failed"].reindex(keys["client_id"]).to_numpy(float),
+                        tg["deteriorated"].reindex(keys["client_id"]).to_numpy(float))
+    oracle, oracle_policy = None, None
+    if truth is not None and inst == ORACLE_INSTRUMENT and dev.target == "failed":
+        oracle = oracle_p(keys, truth)
+        ids = pd.Index(sorted(pd.unique(dev.groups)))
+        ds = cohort.sessions[cohort.sessions["client_id"].isin(ids)]
+        dh, dk = policy_history(model, ds, inst, at=DEFAULT_AT, exclude=ids)
+        dp = oracle_p(dk, truth)
+        if oracle is not None and dp is not None:
+            m = oracle_clients(dk, dp)
+            dev_out = Outcomes(dev.failed[m], dev.deteriorated[m])
+            oracle_policy = fit_policy(dh.subset(m).with_p(dp[m]), dev_out,
+                                       budget=model.flag_policy.budget, target=dev.target)
+    return evaluate(history, keys, outcomes, model.flag_policy,
+                    float(model.failure.threshold_), oracle, oracle_policy, n_boot=n_boot,
+                    seed=seed)
+
+
+def _log_flags(pe: PolicyEvaluation | None, model, inst: str) -> None:
+    if pe is None:
+        return
+    _log_table(pe.table, f"flag_policies_{inst}")
+    _log_table(pe.curves, f"flag_curves_{inst}")
+    for r in pe.table.to_dict("records"):
+        for k in ("deteriorators_s3", "deteriorators_end", "non_improvers_s3",
+                  "improvers_s3", "improvers_end", "ppv_s3", "flags_per_100", "flip_rate"):
+            v = r.get(k)
+            if v is not None and np.isfinite(v):
+                mlflow.log_metric(f"{inst}_flag_{r['policy']}_{k}", float(v))
+    if pe.gap_to_oracle is not None:
+        mlflow.log_metric(f"{inst}_flag_gap_to_oracle_points", float(pe.gap_to_oracle))
+    pol = model.flag_policy
+    mlflow.log_params({f"{inst}_flag_entry": round(pol.entry, 4),
+                       f"{inst}_flag_exit": round(pol.exit, 4),
+                       f"{inst}_flag_budget": pol.budget,
+                       f"{inst}_flag_exit_sessions": pol.exit_sessions})
+    fig = plots.flag_curve_plot(pe.curves, pe.table, pol.budget)
+    mlflow.log_figure(fig, f"plots/{inst}/flag_policy_s3.png")
+    plots.close(fig)
 
 
 def _input_example(cohort: Cohort, holds) -> pd.DataFrame:
