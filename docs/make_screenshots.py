@@ -51,10 +51,11 @@ def main() -> None:
             page.get_by_role("button", name="Load the demo cohort").click()
             page.wait_for_selector("#caseload-table")
             page.screenshot(path=str(OUT / "caseload.png"), full_page=True)
-            # the client shown: the highest-risk client with a safety flag, a risk model and a
-            # clinical-support checklist (else the highest-risk flagged one)
-            flagged = page.locator('#caseload-table tr[data-safety="flag"]:not([data-p=""]) '
-                                   "a.client-link")
+            # the client shown: a client with an open not-on-track flag, a risk and a
+            # clinical-support checklist (else the first with an open flag)
+            flagged = page.locator('#caseload-table tr[data-flag="continuing"]:not([data-p=""]) '
+                                   'a.client-link, #caseload-table tr[data-flag="new"]'
+                                   ':not([data-p=""]) a.client-link')
             links = flagged if flagged.count() else page.locator("a.client-link")
             hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
             for href in hrefs:
@@ -65,6 +66,7 @@ def main() -> None:
             else:
                 page.goto(f"{srv['url']}{hrefs[0]}" if hrefs[0].startswith("/") else hrefs[0])
                 page.wait_for_selector("#signal-reason")
+            page.locator("#flag-context summary").click()  # show what a flag means
             page.screenshot(path=str(OUT / "client.png"), full_page=True)
             ctx.close()
     if blocked:

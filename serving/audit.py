@@ -2,8 +2,9 @@
 
 One row per assessed client: time, request id, clinic, client pseudonym (HMAC-SHA256 of the
 client id with the deployment secret, so the clinic can re-identify its own client and nobody
-else can), instrument, model version, signal colour, at_risk and safety status. No scores, no
-dates, no client id. Triggers refuse UPDATE and DELETE, so rows can only be added.
+else can), instrument, model version, signal colour, the not-on-track flag (``at_risk`` = 1 when
+it is open, kept under its first name for existing logs; ``flag_state`` new / continuing /
+cleared / none) and safety status. No scores, no dates, no client id. Triggers refuse UPDATE and DELETE, so rows can only be added.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import IO
 from serving.sqlitefile import open_wal
 
 COLUMNS = ("id", "time", "request_id", "clinic", "client_pseudonym", "instrument",
-           "model_version", "signal", "at_risk", "safety")
+           "model_version", "signal", "at_risk", "flag_state", "safety")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS assessments (
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS assessments (
     model_version    TEXT NOT NULL,
     signal           TEXT NOT NULL,
     at_risk          INTEGER,
-    safety           TEXT NOT NULL
+    safety           TEXT NOT NULL,
+    flag_state       TEXT
 );
 CREATE TRIGGER IF NOT EXISTS assessments_no_update BEFORE UPDATE ON assessments
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END;
@@ -58,6 +60,9 @@ class AuditLog:
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             conn = open_wal(self.path, _SCHEMA, synchronous="NORMAL")
+            cols = {r[1] for r in conn.execute("PRAGMA table_info(assessments)")}
+            if "flag_state" not in cols:  # a log written before the flag policy
+                conn.execute("ALTER TABLE assessments ADD COLUMN flag_state TEXT")
             self._conn = conn
         return self._conn
 
@@ -75,7 +80,7 @@ class AuditLog:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
         rows = [(now, request_id, clinic, pseudonym(self._secret, a.client_id), a.instrument,
                  a.risk.model_version if a.risk is not None else "none", a.signal.colour,
-                 None if a.risk is None else int(a.risk.at_risk), a.safety.status)
+                 int(a.flag.flagged), a.flag.state, a.safety.status)
                 for a in assessments]
         with self._lock:
             db = self._db()
@@ -83,8 +88,8 @@ class AuditLog:
             try:
                 db.executemany(
                     "INSERT INTO assessments (time, request_id, clinic, client_pseudonym, "
-                    "instrument, model_version, signal, at_risk, safety) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    "instrument, model_version, signal, at_risk, flag_state, safety) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             except sqlite3.Error:
                 db.execute("ROLLBACK")
                 raise

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -125,6 +125,12 @@ class AssessRequest(BaseModel):
 
     clients: list[ClientIn] = Field(min_length=1, description="One or many clients (at most "
                                     "ONTRACK_MAX_CLIENTS per call, default 1,000).")
+    timing: Literal["before_session", "after_session"] = Field(
+        "before_session", description="When the assessment is made. before_session (default): "
+        "at the start of the latest session, before its alliance rating (SRS, WAI-SR are "
+        "given at the end of a session), so the model does not use an alliance rating of the "
+        "latest session even if one is sent; it is still shown. after_session: the latest "
+        "session's alliance rating was given before this assessment, and the model uses it.")
 
 
 # ------------------------------------------------------------------------------------------

@@ -57,7 +57,9 @@ class InstrumentCard(BaseModel):
     instrument: str
     failure_model: str
     dropout_model: str | None
-    threshold: float | None = Field(description="Stored at-risk threshold on p_failure.")
+    flag_policy: dict[str, Any] | None = Field(
+        None, description="The not-on-track flag policy: entry and exit thresholds, budget, "
+        "what it achieved in validation, in words.")
     model_size: dict[str, Any] = Field(default_factory=dict,
                                        description="Trees, leaves and depth of the booster.")
     training_population: dict[str, Any]
@@ -124,6 +126,15 @@ def _size(est) -> dict[str, Any]:
             "max_depth": max((depth(t["tree_structure"]) for t in trees), default=0)}
 
 
+def _policy_card(policy) -> dict[str, Any] | None:
+    if policy is None:
+        return None
+    return _plain({"description": policy.describe(), "entry_threshold": policy.entry,
+                   "exit_threshold": policy.exit, "exit_sessions": policy.exit_sessions,
+                   "budget": policy.budget, "by_session": policy.by_session,
+                   "target": policy.target, "achieved_out_of_fold": policy.achieved})
+
+
 def build_card(bundle, source: str, settings: ServingSettings) -> ModelCard:
     card = dict(bundle.card or {})
     instruments = []
@@ -132,7 +143,7 @@ def build_card(bundle, source: str, settings: ServingSettings) -> ModelCard:
             instrument=code,
             failure_model=type(m.failure).__name__,
             dropout_model=None if m.dropout is None else type(m.dropout).__name__,
-            threshold=_plain(getattr(m.failure, "threshold_", None)),
+            flag_policy=_policy_card(getattr(m, "flag_policy", None)),
             model_size=_size(m.failure),
             training_population=_plain(m.population),
             validation=_plain(m.validation or {})))
@@ -176,7 +187,7 @@ class AssessInput(bentoml.IODescriptor, AssessRequest):
     async def from_http_request(cls, request, serde):
         parsed = getattr(request.state, "assess_request", None)
         if isinstance(parsed, AssessRequest):
-            return cls.model_construct(clients=parsed.clients)
+            return cls.model_construct(clients=parsed.clients, timing=parsed.timing)
         return await super().from_http_request(request, serde)
 
 
@@ -231,8 +242,10 @@ class OnTrack:
             return 422, ErrorResponse(error="invalid_request",
                                       message=f"{len(problems)} problem(s) in the request",
                                       detail=problems)
-        assessments = self.bundle.assess(frames.sessions, frames.covariates,
-                                         horizon=self.settings.horizon)
+        assessments = self.bundle.assess(
+            frames.sessions, frames.covariates, horizon=self.settings.horizon,
+            budget=self.settings.flag_budgets.get(clinic),
+            alliance_after=getattr(request, "timing", "before_session") == "after_session")
         self.audit.record(uuid.uuid4().hex, clinic, assessments)
         # the assessments are built (and typed) by models/assess.py: no second validation pass
         return 200, AssessResponse.model_construct(model_version=self.bundle.version,
@@ -241,13 +254,15 @@ class OnTrack:
 
     # -------------------------------------------------------------------------- routes
     @bentoml.api(route="/v1/assess", input_spec=AssessInput, output_spec=AssessResponse)
-    def assess(self, clients: list[ClientIn], ctx: bentoml.Context) -> AssessResponse:
-        """Assess one or many clients: risk, signal, expected course, reliable change,
-        alliance, explained drivers, suggestions, safety and population checks."""
+    def assess(self, clients: list[ClientIn], ctx: bentoml.Context,
+               timing: str = "before_session") -> AssessResponse:
+        """Assess one or many clients: risk, the not-on-track flag, signal, expected course,
+        reliable change, alliance, explained drivers, suggestions, safety and population
+        checks."""
         state = ctx.request.state
         request = getattr(state, "assess_request", None)
         if request is None:
-            request = AssessRequest.model_construct(clients=clients)
+            request = AssessRequest.model_construct(clients=clients, timing=timing)
         clinic = getattr(state, "clinic", None) or "unauthenticated"
         try:
             status, body = self.run(request, clinic)

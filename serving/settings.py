@@ -63,6 +63,13 @@ class ServingSettings(BaseSettings):
         "on the request path (Python's default is 700). After start-up the loaded bundle is "
         "frozen out of collection (gc.freeze), so a request's many small objects no longer "
         "trigger scans of the model; 0 leaves the collector alone. docs/service.md (Speed).")
+    # ---- the flag
+    flag_budgets: dict[str, float] = Field(
+        default_factory=dict, description="Per clinic (key name), its own flag budget: the "
+        "share of eventual reliable improvers the not-on-track flag may reach by session 3 "
+        "(JSON, e.g. {\"clinic-a\": 0.2}). Clinics not listed use the bundle's budget "
+        "(chosen at training, default 0.30). The entry threshold comes from the curve stored "
+        "with the bundle; nothing is refitted.")
     # ---- server
     host: str = "127.0.0.1"
     port: int = 3000
@@ -75,6 +82,14 @@ class ServingSettings(BaseSettings):
                              "secret would make client pseudonyms guessable)")
         if len(self.audit_secret.get_secret_value()) < 16:
             raise ValueError("ONTRACK_AUDIT_SECRET must be at least 16 characters")
+        return self
+
+    @model_validator(mode="after")
+    def _budgets_are_shares(self) -> ServingSettings:
+        bad = {k: v for k, v in self.flag_budgets.items() if not 0.0 < v < 1.0}
+        if bad:
+            raise ValueError(f"ONTRACK_FLAG_BUDGETS: every budget must be a share between 0 "
+                             f"and 1 (exclusive); got {bad}")
         return self
 
     def resolved_tracking_uri(self) -> str:

@@ -15,7 +15,8 @@ Routes (relative to ``/ui``; see docs/webview.md):
   session cookie; the key stays on the server (in memory) and is re-checked on every request,
   so a revoked key ends the session.
 * ``GET /caseload``, ``POST /caseload/upload`` (multipart: ``sessions`` file, optional
-  ``clients`` file), ``POST /caseload/demo``: every client of the file, sorted by risk.
+  ``clients`` file), ``POST /caseload/demo``: every client of the file, safety flags first,
+  then open not-on-track flags, then by risk.
 * ``GET /client/{n}``: the n-th client of the session's caseload (an index, so that no client
   id ever appears in a URL or an access log).
 * ``GET /model``: the model card as a page (open, like ``GET /v1/model``: no client data).
@@ -78,7 +79,14 @@ SIGNALS: dict[str, tuple[str, str]] = {
 SAFETY: dict[str, tuple[str, str]] = {
     "flag": ("Risk item above zero", "⚠"),
     "not_assessed": ("Risk not assessed", "?"),
-    "clear": ("Risk items zero", "✓"),
+    "not_endorsed": ("Not endorsed", "–"),
+}
+#: Flag state -> (words, shape).
+FLAGS: dict[str, tuple[str, str]] = {
+    "new": ("Not on track: new", "■"),
+    "continuing": ("Not on track", "■"),
+    "cleared": ("Flag cleared", "□"),
+    "none": ("Not flagged", "·"),
 }
 
 
@@ -106,7 +114,7 @@ class WebViewSettings(BaseSettings):
 @dataclass
 class Caseload:
     source: str
-    assessments: list[Any]  # models.assess.Assessment, sorted by risk
+    assessments: list[Any]  # models.assess.Assessment, in caseload order (_caseload_order)
     rows: list[dict[str, Any]]
     sessions: pd.DataFrame  # the validated sessions of these clients (memory only)
     n_flags: int = 0
@@ -209,7 +217,7 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
     context.setdefault("session", None)
     resp = templates.TemplateResponse(request, template, {
         "u": lambda name, **kw: _path(request, name, **kw), "SIGNALS": SIGNALS,
-        "SAFETY": SAFETY, "model_version": st.service.bundle.version if st else None,
+        "SAFETY": SAFETY, "FLAGS": FLAGS, "model_version": st.service.bundle.version if st else None,
         **context}, status_code=status)
     resp.headers.update(_HEADERS)
     return resp
@@ -311,11 +319,8 @@ def _trend(a: Any) -> dict[str, str]:
     delta = last - first
     better = (delta > 0) == bool(inst and inst.higher_is_better) if delta else None
     arrow = "↑" if delta > 0 else "↓" if delta < 0 else "→"
-    words = ("no change" if better is None else
-             f"{'better' if better else 'worse'} by {_fmt(abs(delta))}")
-    category = (a.change.category or "").replace("_", " ")
-    return {"arrow": arrow, "words": words, "from_to": f"{_fmt(first)} → {_fmt(last)}",
-            "category": category, "better": "" if better is None else
+    return {"arrow": arrow, "words": a.change.summary,
+            "from_to": f"{_fmt(first)} → {_fmt(last)}", "better": "" if better is None else
             ("better" if better else "worse")}
 
 
@@ -325,8 +330,15 @@ def _row(i: int, a: Any, last_dates: dict[str, str]) -> dict[str, Any]:
             "date": last_dates.get(a.client_id, ""), "colour": a.signal.colour,
             "p_failure": None if r is None else r.p_failure,
             "risk_pct": "–" if r is None else f"{100 * r.p_failure:.0f}%",
-            "at_risk": None if r is None else r.at_risk, "safety": a.safety.status,
+            "flag": a.flag.state, "flagged": a.flag.flagged, "eligible": a.flag.eligible,
+            "safety": a.safety.status, "safety_session": a.safety.assessed_session,
             "trend": _trend(a), "oop": a.population.out_of_population}
+
+
+def _caseload_order(a: Any) -> tuple:
+    """Safety flags first, then open flags (new before continuing), then by risk."""
+    rank = {"new": 0, "continuing": 1, "cleared": 2, "none": 2}[a.flag.state]
+    return (a.safety.status != "flag", rank, -(a.risk.p_failure if a.risk else -1.0))
 
 
 def _assess_cohort(st: _State, clinic: str, sessions: pd.DataFrame,
@@ -359,7 +371,7 @@ def _assess_cohort(st: _State, clinic: str, sessions: pd.DataFrame,
     svc = st.service
     assessments = svc.bundle.assess(s, cov, horizon=svc.settings.horizon)
     svc.audit.record(uuid.uuid4().hex, clinic, assessments)
-    assessments.sort(key=lambda a: -1.0 if a.risk is None else a.risk.p_failure, reverse=True)
+    assessments.sort(key=_caseload_order)
     last_dates: dict[str, str] = {}
     if "date" in s.columns and s["date"].notna().any():
         last = s.dropna(subset=["date"]).groupby("client_id")["date"].max()

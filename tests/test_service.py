@@ -100,7 +100,12 @@ def test_example_is_explained(client, keys):
     assert [x["client_id"] for x in body["assessments"]] == ["example-001", "example-002"]
     risk = a["risk"]
     assert 0 <= risk["p_failure"] <= 1 and 0 <= risk["p_dropout"] <= 1
-    assert risk["at_risk"] == (risk["p_failure"] >= risk["threshold"])
+    assert "at_risk" not in risk and "not reliably improve" in risk["definition"]
+    flag = a["flag"]
+    assert flag["state"] in {"new", "continuing", "cleared", "none"}
+    assert flag["flagged"] == (flag["state"] in {"new", "continuing"}) and flag["eligible"]
+    assert 0 < flag["exit_threshold"] < flag["entry_threshold"] <= 1
+    assert "Of 100 clients flagged" in flag["context"] and "AUROC" in flag["context"]
     assert risk["model_version"] == "ontrack-not-risk/1" and risk["feature_version"]
     assert a["signal"]["colour"] in {"grey", "white", "green", "yellow", "red"}
     assert a["signal"]["reason"]
@@ -153,9 +158,35 @@ def test_safety_states_and_crisis_first(client, keys):
     assert got["f"]["safety"]["status"] == "flag"
     assert got["f"]["safety"]["items"][0]["item"] == 9
     assert got["f"]["suggestions"][0]["adaptation"] == "safety"
-    assert got["c"]["safety"]["status"] == "clear"
+    assert got["c"]["safety"]["status"] == "not_endorsed"
+    assert got["c"]["safety"]["message"].startswith("Risk items not endorsed at session 3")
+    assert "clear" not in got["c"]["safety"]["message"].lower()
     assert got["n"]["safety"]["status"] == "not_assessed"
     assert all(s["adaptation"] != "safety" for s in got["c"]["suggestions"])
+
+
+def test_safety_history_is_never_forgotten(client, keys):
+    """Item 9 endorsed at session 2: a later session with totals only keeps the flag and says
+    so; a later zero answer reads 'not endorsed at session 3' and still shows session 2."""
+    s1 = {"session": 1, "scores": [{"instrument": "PHQ-9", "score": 20, "items": {"9": 0}}]}
+    s2 = {"session": 2, "scores": [{"instrument": "PHQ-9", "score": 19, "items": {"9": 2}}]}
+    s3_zero = {"session": 3, "scores": [{"instrument": "PHQ-9", "score": 18, "items": {"9": 0}}]}
+    s3_total = {"session": 3, "scores": [{"instrument": "PHQ-9", "score": 18}]}
+    s4_total = {"session": 4, "scores": [{"instrument": "PHQ-9", "score": 8}]}
+    body = {"clients": [one("gap", [s1, s2, s3_total])["clients"][0],
+                        one("zero", [s1, s2, s3_zero, s4_total])["clients"][0]]}
+    got = {a["client_id"]: a for a in post(client, body, keys["assess"]).json()["assessments"]}
+    gap, zero = got["gap"]["safety"], got["zero"]["safety"]
+    assert gap["status"] == "flag" and gap["assessed_session"] == 2
+    assert "Session 3 had no risk-item answers" in gap["message"]
+    assert zero["status"] == "not_endorsed" and zero["assessed_session"] == 3
+    assert zero["last_endorsed"]["session"] == 2 and zero["last_endorsed"]["value"] == 2
+    assert "Last endorsed at session 2" in zero["message"]
+    assert "Session 4 had no risk-item answers" in zero["message"]
+    # PHQ-9 8 is in the functional range, but the earlier endorsement holds back any ending
+    a = got["zero"]
+    assert a["signal"]["colour"] != "white" and "ending" not in a["signal"]["reason"].replace(
+        "ending is not suggested", "")
 
 
 def test_out_of_population(client, keys):
@@ -320,7 +351,8 @@ def test_model_card(client):
     for key in ("intended_use", "inputs", "logic", "limits"):
         assert card[key]
     inst = card["instruments"][0]
-    assert inst["instrument"] == "PHQ-9" and 0 < inst["threshold"] < 1
+    assert inst["instrument"] == "PHQ-9" and 0 < inst["flag_policy"]["entry_threshold"] < 1
+    assert "flagged after intake" in inst["flag_policy"]["description"]
     pop = inst["training_population"]
     assert pop["n_clients"] == 1500 and pop["sessions"] == [1, 6]
     assert inst["validation"]["auroc"]["lo"] < inst["validation"]["auroc"]["hi"]

@@ -59,7 +59,9 @@ def test_main_flow_on_a_small_cohort_then_the_example_call(tmp_path):
         assert r.status_code == 200, r.text
         a = r.json()["assessments"][0]
         assert a["explanation"]["drivers"] and a["signal"]["reason"]
-        assert a["safety"]["status"] in {"flag", "clear", "not_assessed"}
+        assert a["safety"]["status"] in {"flag", "not_endorsed", "not_assessed"}
+        assert a["flag"]["state"] in {"new", "continuing", "cleared", "none"}
+        assert a["flag"]["reason"] and a["flag"]["context"]
         assert re.match(r"\d+", str(a["risk"]["model_version"]).split("/")[-1])
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

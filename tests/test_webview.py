@@ -92,7 +92,8 @@ def demo_browser(app, keys):
 def _rows(page: str) -> list[dict[str, str]]:
     return [m.groupdict() for m in re.finditer(
         r'<tr class="[^"]*" data-p="(?P<p>[^"]*)" data-safety="(?P<safety>[^"]+)" '
-        r'data-colour="(?P<colour>[^"]+)">\s*<th scope="row"><a href="/ui/client/(?P<n>\d+)"',
+        r'data-colour="(?P<colour>[^"]+)" data-flag="(?P<flag>[^"]+)">\s*'
+        r'<th scope="row"><a href="/ui/client/(?P<n>\d+)"',
         page)]
 
 
@@ -165,14 +166,20 @@ def test_revoking_the_key_ends_the_session(app, env):
 # ------------------------------------------------------------------------------------------
 # Caseload and client page: the API's own assessment
 # ------------------------------------------------------------------------------------------
-def test_demo_caseload_sorted_by_risk(demo_browser):
+def test_demo_caseload_order_safety_then_flag_then_risk(demo_browser):
     page = demo_browser.get("/ui/caseload").text
     rows = _rows(page)
     assert len(rows) == 60
-    risks = [float(r["p"]) for r in rows if r["p"]]
-    assert risks == sorted(risks, reverse=True) and len(risks) > 50
+    rank = {"new": 0, "continuing": 1, "cleared": 2, "none": 2}
+    keys = [(r["safety"] != "flag", rank[r["flag"]], -(float(r["p"]) if r["p"] else -1.0))
+            for r in rows]
+    assert keys == sorted(keys)
+    assert sum(bool(r["p"]) for r in rows) > 40
     assert "Last session" in page and "Trend since intake" in page
+    assert "Not-on-track flag" in page
     assert any(r["safety"] == "flag" for r in rows), "the demo cohort has a safety flag"
+    flagged = sum(r["flag"] in {"new", "continuing"} for r in rows)
+    assert 0 < flagged < len(rows) * 0.7, "a flag that fires on everyone is no signal"
 
 
 def test_client_page_matches_the_api(demo_browser, app, keys, env):
@@ -188,9 +195,14 @@ def test_client_page_matches_the_api(demo_browser, app, keys, env):
         a = r.json()["assessments"][0]
         shown = re.search(r'<p class="signal-reason" id="signal-reason">(.*?)</p>', page, re.S)
         assert html.unescape(shown.group(1)) == a["signal"]["reason"]
-        assert f"{100 * a['risk']['p_failure']:.0f}%" in page
         text = html.unescape(page)
-        for d in a["explanation"]["drivers"]:
+        flag = re.search(r'<p id="flag-reason">(.*?)</p>', page, re.S)
+        assert html.unescape(flag.group(1)) == a["flag"]["reason"]
+        assert a["flag"]["context"] in text and a["safety"]["message"] in text
+        if a["risk"] is not None:
+            assert f"{100 * a['risk']['p_failure']:.0f}%" in page
+            assert a["risk"]["definition"] in text
+        for d in (a["explanation"] or {"drivers": []})["drivers"]:
             assert d["sentence"] in text
         for s in a["suggestions"]:
             assert s["prompt"] in text and s["rationale"] in text

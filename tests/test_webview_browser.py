@@ -94,8 +94,37 @@ def test_login_then_demo_caseload(server, browser):
     _signed_in_with_demo(server, page)
     rows = page.locator("#caseload-table tbody tr")
     assert rows.count() == 40
-    risks = [float(x) for x in rows.evaluate_all("rs => rs.map(r => r.dataset.p)") if x]
-    assert risks == sorted(risks, reverse=True)
+    data = rows.evaluate_all("rs => rs.map(r => [r.dataset.safety, r.dataset.flag, "
+                             "r.dataset.p])")
+    rank = {"new": 0, "continuing": 1, "cleared": 2, "none": 2}
+    keys = [(safety != "flag", rank[flag], -(float(p) if p else -1.0))
+            for safety, flag, p in data]
+    assert keys == sorted(keys), "safety flags first, then open flags, then by risk"
+    assert 0 < sum(flag in {"new", "continuing"} for _, flag, _ in data) < len(data)
+
+
+def test_flag_state_reason_and_meaning_on_the_client_page(server, browser):
+    from features.contract import read_table
+
+    page = browser["page"]
+    _signed_in_with_demo(server, page)
+    link = page.locator('#caseload-table tr[data-flag="continuing"] a.client-link, '
+                        '#caseload-table tr[data-flag="new"] a.client-link').first
+    client_id = link.inner_text().strip()
+    link.click()
+    page.wait_for_url("**/ui/client/*")
+    badge = page.locator("#flag .flag-badge")
+    assert badge.is_visible() and "Not on track" in badge.inner_text()
+    r = httpx.post(f"{server['url']}/v1/assess", timeout=60,
+                   json=api_body(read_table(server["demo"]), client_id),
+                   headers={"Authorization": f"Bearer {server['key']}"})
+    a = r.json()["assessments"][0]
+    assert page.locator("#flag-reason").inner_text().strip() == a["flag"]["reason"]
+    context = page.locator("#flag-context")
+    assert not context.locator("p").is_visible()  # folded until asked for
+    context.locator("summary").click()
+    assert context.locator("p").inner_text().strip() == a["flag"]["context"]
+    assert a["safety"]["message"] in page.locator("#safety-banner").inner_text()
 
 
 def test_click_opens_client_with_charts_and_the_apis_signal(server, browser):
