@@ -82,6 +82,11 @@ PROMPTS = RULE_PROMPTS  # one wording per adaptation, shared with the rules
 SOURCE = "learned: similar clients (observational comparison)"
 
 
+def _ordinal(n: int) -> str:
+    return {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", 6: "sixth"}.get(
+        n, f"number {n}")
+
+
 # ------------------------------------------------------------------------------------------
 # Result records
 # ------------------------------------------------------------------------------------------
@@ -101,6 +106,7 @@ class LearnedSuggestion:
     rate_without_ci: tuple[float, float]
     drivers: list[str] = field(default_factory=list)
     method: str = ""
+    rank: int = 0  # position among the adaptations by estimated gain for this client (1 = top)
 
     @property
     def prompt(self) -> str:
@@ -116,9 +122,10 @@ class LearnedSuggestion:
                 f"improved vs {_pct(self.rate_without)} [{_pct(lo_o)}–{_pct(hi_o)}] of the "
                 f"{self.n_without} who did not (difference {100 * (self.rate_with - self.rate_without):+.0f} "
                 f"percentage points [{100 * self.lower:+.0f} to {100 * self.upper:+.0f}], "
-                f"weighted for who received what). Estimated gain in this client's chance of "
-                f"reliable improvement ({self.method}): {100 * self.gain:+.0f} percentage "
-                f"points.")
+                f"weighted for who received what). The {self.method} ranks it "
+                f"{_ordinal(self.rank)} of the {len(ADAPTATIONS)} adaptations for this client's "
+                "chance of reliable improvement; that estimate has no interval, so it is given "
+                "as a ranking, not a number.")
         if self.drivers:
             text += " What drove it: " + "; ".join(self.drivers) + "."
         return text
@@ -328,7 +335,8 @@ class _SimilarClients:
                 rate_with_ci=(E["with_lo"][i][j], E["with_hi"][i][j]),
                 rate_without=E["rate_without"][i][j],
                 rate_without_ci=(E["without_lo"][i][j], E["without_hi"][i][j]),
-                drivers=traits[i] if drivers is None else drivers[i][j], method=method)
+                drivers=traits[i] if drivers is None else drivers[i][j], method=method,
+                rank=order_all[i].index(j) + 1)
                 for j in order[:top]]
             out.append(Recommendation(items))
         return out
