@@ -87,3 +87,24 @@ def test_missing_cutoff_is_an_error_not_a_guess():
     with pytest.raises(ValueError, match="cut-off"):
         from features.change import clinical
         clinical([10], "WAI-SR")
+
+
+def test_nhs_paired_target_by_hand():
+    """NHS Talking Therapies rule (manual v6): reliable improvement = PHQ-9 down >= 6 or GAD-7
+    down >= 4, and neither reliably worse. A: PHQ-9 15 -> 14, GAD-7 12 -> 7: improved by GAD-7
+    (not by PHQ-9). B: PHQ-9 8 -> 9, GAD-7 6 -> 7: not at caseness, undefined. C: PHQ-9 12 -> 4
+    but GAD-7 9 -> 14: one improves, one deteriorates, neither counts (tie rule)."""
+    from features.targets import targets
+
+    rows = []
+    for cid, (p1, p2, g1, g2) in {"A": (15, 14, 12, 7), "B": (8, 9, 6, 7),
+                                  "C": (12, 4, 9, 14)}.items():
+        rows += [(cid, 1, "PHQ-9", p1), (cid, 1, "GAD-7", g1), (cid, 2, "PHQ-9", p2),
+                 (cid, 2, "GAD-7", g2)]
+    s = pd.DataFrame(rows, columns=["client_id", "session", "instrument", "score"])
+    nhs = targets(s, target="failed_nhs")
+    own = targets(s)
+    assert nhs.loc["A", "failed"] == 0 and own.loc["A", "failed"] == 1
+    assert np.isnan(nhs.loc["B", "failed"]) and np.isnan(own.loc["B", "failed"])
+    assert nhs.loc["C", "failed"] == 1 and own.loc["C", "failed"] == 0
+    assert nhs.loc["C", "deteriorated"] == 0 and nhs.loc["A", "deteriorated"] == 0

@@ -184,7 +184,8 @@ def test_compare_prints_a_leaderboard_and_writes_a_report(trained, tmp_path):
     assert "Leaderboard" in out and "LightGBM" in out, result.output[-2000:]
     report = next(tmp_path.glob("*/comparison.md")).read_text()
     assert "## PHQ-9" in report and "oracle" in report
-    assert "![roc_s3]" in report
+    assert "![roc_s3]" in report and "![flag_policy_s3]" in report
+    assert "Flag policies replayed" in report and "deteriorators_s3" in report
 
 
 def test_external_validation_of_the_champion_without_retraining(trained, tmp_path):
@@ -198,3 +199,40 @@ def test_external_validation_of_the_champion_without_retraining(trained, tmp_pat
                            terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "external validation" in result.output and "AUROC" in result.output
+
+
+def test_flag_policies_are_replayed_on_held_out_clients_and_logged(trained):
+    from mlflow.tracking import MlflowClient
+
+    r = trained["first"].reports["PHQ-9"]
+    t = r.flags.table.set_index("policy")
+    assert {"learned", "per_row", "lambert", "oracle"} <= set(t.index)
+    # the per-session threshold flags most eventual improvers by session 3; the policy not
+    assert t.loc["per_row", "improvers_s3"] > t.loc["learned", "improvers_s3"] + 0.2
+    for col in ("deteriorators_s3", "improvers_s3", "ppv_s3", "flip_rate"):
+        assert t.loc["learned", f"{col}_lo"] <= t.loc["learned", col] <= t.loc["learned",
+                                                                               f"{col}_hi"]
+    metrics = MlflowClient().get_run(trained["first"].run_id).data.metrics
+    assert "PHQ-9_flag_learned_deteriorators_s3" in metrics
+    assert "PHQ-9_flag_gap_to_oracle_points" in metrics
+
+
+def test_nhs_paired_target_is_a_training_choice(sim_cohort_dir):
+    """--target failed_nhs: the PHQ-9 model predicts the NHS paired outcome; rows are the same,
+    the labels differ where GAD-7 decides, and the flag policy is evaluated on it too."""
+    from dataclasses import replace
+
+    from training.train import train
+
+    cohort = load_cohort(sim_cohort_dir)
+    own = build_rows(cohort, "PHQ-9")
+    nhs = build_rows(cohort, "PHQ-9", target="failed_nhs")
+    assert own.keys.equals(nhs.keys)
+    both = np.isfinite(own.failed) & np.isfinite(nhs.failed)
+    assert (own.failed[both] != nhs.failed[both]).any()
+    result = train(cohort, sim_cohort_dir, replace(FAST, target="failed_nhs"),
+                   instruments=["PHQ-9"], n_boot=20, register_model=False)
+    flags = result.reports["PHQ-9"].flags
+    assert flags is not None and "learned" in set(flags.table["policy"])
+    with pytest.raises(ValueError, match="PHQ-9 or GAD-7"):
+        build_rows(cohort, "ORS", target="failed_nhs")

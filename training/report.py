@@ -42,7 +42,10 @@ def comparison_report(run_id: str | None, out: Path) -> tuple[Path, pd.DataFrame
                   "bootstrap intervals.", "", _markdown(frame), ""]
         for extra, title in (("vs_oracle", "Same rows as the Bayes oracle, session 3"),
                              ("leave_clinics_out", "Leave-clinics-out, session 3"),
-                             ("deterioration", "Eventual deteriorators flagged by session 3"),
+                             ("deterioration", "Eventual deteriorators flagged by session 3 "
+                                               "at each model's per-session threshold"),
+                             ("flag_policies", "Flag policies replayed session by session on "
+                                               "held-out clients (docs/flag.md)"),
                              ("dropout", "Dropout"), ("subgroups", "Subgroups (cells < 10 "
                                                                    "suppressed)")):
             p = local / "tables" / f"{extra}_{inst}.csv"
