@@ -552,7 +552,7 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
                                 alliance_below=alliance.status in {"below_cutoff",
                                                                    "below_cutoff_and_drop"})
         if not eligible[k] and inst.cutoff is not None:
-            notes[k].append(fl.reason)
+            notes[k].append(_below_cutoff(inst, intake[k]))
         imp = None if not np.isfinite(rcu[k]) else float(rcu[k] * inst.rci)
         out[cid] = _build(Assessment,
             client_id=cid, instrument=instrument, session=int(session[k]),
@@ -640,6 +640,12 @@ def policy_history(m, sessions: pd.DataFrame, instrument: str, at=None,
     return _history(colh, code, med_h, bnd_h, p_h, eligible, inst), hist.keys
 
 
+def _below_cutoff(inst, intake: float) -> str:
+    return (f"Started below the clinical cut-off ({inst.code} {intake:g} at intake; cut-off "
+            f"{inst.cutoff:g}): reliable improvement is not defined for this client, so no risk "
+            "is shown; monitored for reliable deterioration only.")
+
+
 def _definition(inst, target: str) -> str:
     """What ``p_failure`` predicts, in words."""
     if target == "failed_nhs":
@@ -672,9 +678,7 @@ def _flag(policy: FlagPolicy, rep, i: int, eligible: bool, inst, intake: float,
         reason = (f"The flag opened at session {opened} ({why}) cleared at session {cleared} "
                   f"after {policy.exit_sessions} calm sessions; keep monitoring.")
     elif not eligible and inst.cutoff is not None:
-        reason = (f"Started below the clinical cut-off ({inst.code} {intake:g}; cut-off "
-                  f"{inst.cutoff:g}): reliable improvement is not defined for this client, so "
-                  "no risk is shown; monitored for reliable deterioration only.")
+        reason = _below_cutoff(inst, intake)
     elif not has_model:
         reason = "No model covers this instrument: only a reliable deterioration opens a flag."
     elif n_scores <= 1:

@@ -203,6 +203,7 @@ def test_below_cut_off_intake_gets_no_risk_and_no_model_flag(bundle):
     worse = bundle.assess(frame([("w", 1, "PHQ-9", 6), ("w", 2, "PHQ-9", 9),
                                  ("w", 3, "PHQ-9", 13)]))[0]
     assert worse.flag.state == "new" and worse.flag.opened_by == ["reliable_deterioration"]
+    assert any("monitored for reliable deterioration only" in n for n in worse.notes)
 
 
 def test_the_clinic_budget_reaches_the_assessment(bundle):

@@ -199,6 +199,8 @@ def test_external_validation_of_the_champion_without_retraining(trained, tmp_pat
                            terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "external validation" in result.output and "AUROC" in result.output
+    out = " ".join(result.output.split())
+    assert "flag policies replayed" in out and "learned policy:" in out, out[-3000:]
 
 
 def test_flag_policies_are_replayed_on_held_out_clients_and_logged(trained):

@@ -151,8 +151,11 @@ def print_flag_table(frame, title: str) -> None:
     table.add_column("clients", justify="right")
     for label in cols.values():
         table.add_column(label, justify="right")
+    from training.flag_eval import SHORT
+
     for row in frame.to_dict("records"):
-        cells = [row["label"], f"{row['clients']} ({row['deteriorators']} det.)"]
+        cells = [SHORT.get(row["policy"], row["label"]),
+                 f"{row['clients']} ({row['deteriorators']} det.)"]
         for key in cols:
             v = row.get(key)
             if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -265,12 +268,17 @@ def evaluate(
     from training.external import external_validation
 
     cohort, _ = load_or_exit(data)
-    frames, run_id = external_validation(model, cohort, data, n_boot=bootstrap)
+    frames, run_id, flags = external_validation(model, cohort, data, n_boot=bootstrap)
     for inst, frame in frames.items():
         _print_frame(frame, f"{inst}: external validation of {model}",
                      {"session": "session", "n": "n", "auroc": "AUROC", "brier": "Brier",
                       "cal_slope": "cal. slope", "cal_intercept": "cal. intercept",
                       "sensitivity": "sens.", "specificity": "spec.", "flag_rate": "flagged"})
+        if inst in flags:
+            print_flag_table(flags[inst].table, f"{inst}: flag policies replayed session by "
+                             "session on every client of the cohort (95% client-bootstrap "
+                             "intervals)")
+            console.print(flags[inst].summary)
     console.print(f"logged to MLflow run {run_id}")
 
 

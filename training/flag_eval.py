@@ -28,7 +28,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from models.flag import BY_SESSION, FLIP_WINDOW, FlagPolicy, History, Outcomes, cumulative_curve
+from features.targets import targets
+from models.flag import (
+    BY_SESSION,
+    FLIP_WINDOW,
+    FlagPolicy,
+    History,
+    Outcomes,
+    cumulative_curve,
+    fit_policy,
+)
+
+#: The simulator's oracle is the probability of `failed` on PHQ-9 (training/simulate/oracle.py).
+ORACLE_INSTRUMENT = "PHQ-9"
 
 LABELS = {
     "learned": "Flag policy (learned, cumulative budget)",
@@ -37,6 +49,10 @@ LABELS = {
     "oracle": "Bayes oracle through the same policy (ceiling)",
     "learned_on_oracle_clients": "Flag policy, on the oracle's clients and sessions",
 }
+#: Short names for printed tables.
+SHORT = {"learned": "learned policy", "per_row": "per-session threshold",
+         "lambert": "Lambert red rule", "oracle": "oracle, same policy",
+         "learned_on_oracle_clients": "learned, oracle's clients"}
 METRICS = ("deteriorators_s3", "deteriorators_end", "non_improvers_s3", "non_improvers_end",
            "improvers_s3", "improvers_end", "ppv_s3", "flags_per_100", "flip_rate")
 
@@ -198,6 +214,8 @@ def evaluate(history: History, keys: pd.DataFrame, outcomes: Outcomes, policy: F
         h, o = history.subset(m), Outcomes(outcomes.failed[m], outcomes.deteriorated[m])
         ho = h.with_p(oracle[m])
         note = "sessions 1-6 only (the oracle's): 'end' means session 6"
+        if oracle_policy.note:
+            note += "; " + oracle_policy.note
         rows.append(policy_row("oracle", summarise(ho, oracle_policy.replay(ho).flagged, o),
                                n_boot, seed, note))
         rows.append(policy_row("learned_on_oracle_clients",
@@ -207,13 +225,15 @@ def evaluate(history: History, keys: pd.DataFrame, outcomes: Outcomes, policy: F
         curve = pd.concat([curve, cm, co], ignore_index=True)
         mine = rows[-1]
         x = co.sort_values("improvers")
-        at = float(np.interp(mine["improvers_s3"], x["improvers"], x["deteriorators"]))
-        gap = 100 * (at - mine["deteriorators_s3"])
+        x = x[np.isfinite(x["improvers"]) & np.isfinite(x["deteriorators"])]
+        if len(x) and np.isfinite(mine["deteriorators_s3"]):
+            at = float(np.interp(mine["improvers_s3"], x["improvers"], x["deteriorators"]))
+            gap = 100 * (at - mine["deteriorators_s3"])
     table = pd.DataFrame(rows)
     lr = table.iloc[0]
     met = lr["deteriorators_s3"] >= 0.85 and lr["improvers_s3"] <= policy.budget + 1e-9
-    summary = (f"learned policy: {100 * lr['deteriorators_s3']:.0f}% of eventual reliable "
-               f"deteriorators and {100 * lr['improvers_s3']:.0f}% of eventual reliable "
+    summary = (f"learned policy: {100 * lr['deteriorators_s3']:.1f}% of eventual reliable "
+               f"deteriorators and {100 * lr['improvers_s3']:.1f}% of eventual reliable "
                f"improvers flagged by session {BY_SESSION} "
                f"({'meets' if met else 'does not meet'} 85% at <= "
                f"{100 * policy.budget:.0f}%)")
@@ -221,3 +241,34 @@ def evaluate(history: History, keys: pd.DataFrame, outcomes: Outcomes, policy: F
         summary += (f"; the oracle through the same policy flags {gap:+.1f} points more "
                     "deteriorators at the same false-alarm share")
     return PolicyEvaluation(table, curve, gap, summary)
+
+
+def evaluate_on(model, sessions: pd.DataFrame, clients: pd.DataFrame | None,
+                truth: pd.DataFrame | None = None, oracle_policy: FlagPolicy | None = None,
+                n_boot: int = 200, seed: int = 0) -> PolicyEvaluation | None:
+    """The policies replayed on every client of ``sessions`` (their whole histories) with a
+    fitted bundle's instrument models (`models.bundle.InstrumentModels`). On simulated data
+    the oracle runs through the same policy; without ``oracle_policy`` its threshold is
+    chosen on these same clients (an in-sample, slightly generous ceiling: the table says
+    so)."""
+    from models.assess import policy_history
+
+    if model.flag_policy is None or not len(sessions):
+        return None
+    inst = model.instrument
+    history, keys = policy_history(model, sessions, inst)
+    tg = targets(sessions, clients, instrument=inst, target=model.target)
+    outcomes = Outcomes(tg["failed"].reindex(keys["client_id"]).to_numpy(float),
+                        tg["deteriorated"].reindex(keys["client_id"]).to_numpy(float))
+    oracle = None
+    if truth is not None and inst == ORACLE_INSTRUMENT and model.target == "failed":
+        oracle = oracle_p(keys, truth)
+        if oracle is not None and oracle_policy is None:
+            m = oracle_clients(keys, oracle)
+            oracle_policy = fit_policy(history.subset(m).with_p(oracle[m]),
+                                       Outcomes(outcomes.failed[m], outcomes.deteriorated[m]),
+                                       budget=model.flag_policy.budget, target=model.target,
+                                       note="threshold chosen on the evaluated clients")
+    return evaluate(history, keys, outcomes, model.flag_policy,
+                    float(model.failure.threshold_), oracle, oracle_policy, n_boot=n_boot,
+                    seed=seed)

@@ -34,7 +34,7 @@ from training.evaluate import (
     same_rows_vs_oracle,
     subgroups,
 )
-from training.flag_eval import PolicyEvaluation, evaluate, oracle_clients, oracle_p
+from training.flag_eval import PolicyEvaluation, evaluate_on, oracle_clients, oracle_p
 from training.pipeline import (
     LABELS,
     ORACLE_INSTRUMENT,
@@ -358,37 +358,30 @@ def train(cohort: Cohort, data_path: Path | None, settings: Settings | None = No
 def evaluate_flags(cohort: Cohort, model, dev: TrainingRows, hold: TrainingRows, truth,
                    n_boot: int = 200, seed: int = 0) -> PolicyEvaluation | None:
     """The flag policies replayed session by session on the held-out clients (whole
-    histories, the fitted bundle's models), with the oracle's ceiling on simulated data."""
-    from features.targets import targets
+    histories, the fitted bundle's models), with the oracle's ceiling on simulated data (its
+    threshold chosen on the development clients, like the model's)."""
     from models.assess import policy_history
     from models.flag import Outcomes, fit_policy
 
     if model.flag_policy is None or not len(hold):
         return None
     inst = dev.instrument
-    hold_ids = pd.unique(hold.groups)
-    s = cohort.sessions[cohort.sessions["client_id"].isin(set(hold_ids))]
-    clients = cohort.clients[cohort.clients["client_id"].isin(set(hold_ids))] if len(
-        cohort.clients) else None
-    history, keys = policy_history(model, s, inst)
-    tg = targets(s, clients, instrument=inst, target=dev.target)
-    outcomes = Outcomes(tg["failed"].reindex(keys["client_id"]).to_numpy(float),
-                        tg["deteriorated"].reindex(keys["client_id"]).to_numpy(float))
-    oracle, oracle_policy = None, None
+    hold_ids = set(pd.unique(hold.groups))
+    s = cohort.sessions[cohort.sessions["client_id"].isin(hold_ids)]
+    clients = (cohort.clients[cohort.clients["client_id"].isin(hold_ids)]
+               if len(cohort.clients) else None)
+    oracle_policy = None
     if truth is not None and inst == ORACLE_INSTRUMENT and dev.target == "failed":
-        oracle = oracle_p(keys, truth)
         ids = pd.Index(sorted(pd.unique(dev.groups)))
         ds = cohort.sessions[cohort.sessions["client_id"].isin(ids)]
         dh, dk = policy_history(model, ds, inst, at=DEFAULT_AT, exclude=ids)
         dp = oracle_p(dk, truth)
-        if oracle is not None and dp is not None:
+        if dp is not None:
             m = oracle_clients(dk, dp)
-            dev_out = Outcomes(dev.failed[m], dev.deteriorated[m])
-            oracle_policy = fit_policy(dh.subset(m).with_p(dp[m]), dev_out,
+            oracle_policy = fit_policy(dh.subset(m).with_p(dp[m]),
+                                       Outcomes(dev.failed[m], dev.deteriorated[m]),
                                        budget=model.flag_policy.budget, target=dev.target)
-    return evaluate(history, keys, outcomes, model.flag_policy,
-                    float(model.failure.threshold_), oracle, oracle_policy, n_boot=n_boot,
-                    seed=seed)
+    return evaluate_on(model, s, clients, truth, oracle_policy, n_boot=n_boot, seed=seed)
 
 
 def _log_flags(pe: PolicyEvaluation | None, model, inst: str) -> None:
