@@ -340,11 +340,12 @@ def cumulative_curve(history: History, outcomes: Outcomes, by_session: int = BY_
 def fit_policy(history: History, outcomes: Outcomes, budget: float = DEFAULT_BUDGET,
                by_session: int = BY_SESSION, exit_margin: float = EXIT_MARGIN,
                exit_sessions: int = EXIT_SESSIONS, target: str = "failed",
-               auroc: float | None = None) -> FlagPolicy:
+               auroc: float | None = None, note: str = "") -> FlagPolicy:
     """The entry threshold for ``budget`` on out-of-fold risks (``history.p``): the lowest
     threshold at which at most ``budget`` of eventual reliable improvers are flagged by
-    ``by_session``. When the rules alone exceed the budget the risk never opens a flag and
-    the policy says so."""
+    ``by_session``, with 95% confidence (`_pick`). When the rules alone exceed the budget the
+    risk never opens a flag and the policy says so; ``note`` is carried into its
+    description."""
     if not 0.0 < budget < 1.0:
         raise ValueError(f"budget must be a share between 0 and 1; got {budget!r}")
     if exit_sessions < 1:
@@ -354,7 +355,6 @@ def fit_policy(history: History, outcomes: Outcomes, budget: float = DEFAULT_BUD
         raise ValueError("no eventual reliable improvers with a known outcome: the budget "
                          "cannot be applied")
     entry, achieved = _pick(curve, budget)
-    note = ""
     if not np.isfinite(entry):
         note = (f"The signal and deterioration rules alone flag "
                 f"{_pct(achieved.get('improvers'))} of eventual improvers by session "
