@@ -14,7 +14,6 @@ import pytest
 
 from models.flag import (
     STATES,
-    FlagPolicy,
     History,
     Outcomes,
     cumulative_curve,
