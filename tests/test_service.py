@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from scipy.special import expit, logit
 
-from serving.schemas import EXAMPLE_INPUT
+from serving.schemas import EXAMPLE_INPUT, AssessRequest
 from tests.service_fixtures import (
     REPO,
     environ,
@@ -519,3 +519,24 @@ def test_import_has_no_side_effects(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert not (tmp_path / "var").exists() and not (REPO / "var" / "never").exists()
     assert np.isfinite(1.0)
+
+
+def test_a_clinic_flag_budget_comes_from_the_settings(env):
+    """ONTRACK_FLAG_BUDGETS gives one clinic its own budget: its flags open at a higher risk;
+    another clinic keeps the bundle's. A budget outside (0, 1) is refused at start-up."""
+    from pydantic import ValidationError
+
+    from serving.service import OnTrack
+    from serving.settings import ServingSettings
+
+    with environ({"ONTRACK_FLAG_BUDGETS": json.dumps({"strict-clinic": 0.05})}):
+        svc = OnTrack.inner()
+        req = AssessRequest.model_validate_json(json.dumps(EXAMPLE_INPUT))
+        _, strict = svc.run(req, "strict-clinic")
+        _, other = svc.run(req, "clinic-a")
+    s, o = strict.assessments[0].flag, other.assessments[0].flag
+    assert s.budget == 0.05 and o.budget == 0.30
+    assert s.entry_threshold > o.entry_threshold
+    with environ({"ONTRACK_FLAG_BUDGETS": json.dumps({"x": 1.5})}), pytest.raises(
+            ValidationError, match="between 0 and 1"):
+        ServingSettings()
