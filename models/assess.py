@@ -420,13 +420,8 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
     (what the flag policy replays), then the latest session in full."""
     inst = get(instrument)
     m = bundle.models.get(instrument)
-    smax = int(np.nanmax(sessions["session"].to_numpy(dtype=float, na_value=np.nan)))
-    hist = point_in_time(sessions, instrument=instrument, at=range(1, smax + 1))
-    row_ids = hist.keys["client_id"].to_numpy(dtype=object)
-    nh = len(row_ids)
-    new_client = np.r_[True, row_ids[1:] != row_ids[:-1]] if nh else np.empty(0, bool)
-    code = np.cumsum(new_client) - 1
-    last = np.r_[np.flatnonzero(new_client)[1:] - 1, nh - 1] if nh else np.empty(0, int)
+    hist, code, _, last, ids = _rows_by_client(sessions, instrument)
+    nh = len(code)
     Xh = hist.X
     if alliance_after and nh:  # the latest rows with the latest session's alliance rating
         now = point_in_time(sessions, instrument=instrument, at=None, alliance_lag=False)
@@ -435,7 +430,6 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
     H = Xh.to_numpy(dtype=float)
     names_x = list(Xh.columns)
     colh = {c: H[:, j] for j, c in enumerate(names_x)}
-    ids = row_ids[last]
     n = len(ids)
     values = H[last]
     col = {c: v[last] for c, v in colh.items()}
@@ -443,10 +437,7 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
     session, n_scores = col["session"], col["n_scores"]
 
     target = getattr(m, "target", "failed") if m is not None else "failed"
-    other = "GAD-7" if instrument == "PHQ-9" else "PHQ-9"
-    other_intake = (_first_scores(sessions, other, ids) if target == "failed_nhs" else None)
-    eligible = (eligible_at_intake(intake, instrument, target, other_intake)
-                if inst.cutoff is not None else np.zeros(n, dtype=bool))
+    eligible = _eligible(sessions, inst, target, intake, ids)
     risk = [None] * n
     explanation = [None] * n
     courses = [[] for _ in range(n)]
@@ -574,6 +565,33 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
     return out
 
 
+def _rows_by_client(sessions: pd.DataFrame, instrument: str, at=None):
+    """The feature rows as of every assessed session (``at``: the sessions to include; None:
+    all), with each row's client code and, per client, its first and last row and its id."""
+    if at is None:
+        smax = int(np.nanmax(sessions["session"].to_numpy(dtype=float, na_value=np.nan)))
+        at = range(1, smax + 1)
+    hist = point_in_time(sessions, instrument=instrument, at=at)
+    row_ids = hist.keys["client_id"].to_numpy(dtype=object)
+    n = len(row_ids)
+    new_client = np.r_[True, row_ids[1:] != row_ids[:-1]] if n else np.empty(0, bool)
+    code = np.cumsum(new_client) - 1
+    first = np.flatnonzero(new_client)
+    last = np.r_[first[1:] - 1, n - 1] if n else np.empty(0, int)
+    return hist, code, first, last, row_ids[first]
+
+
+def _eligible(sessions: pd.DataFrame, inst, target: str, intake: np.ndarray,
+              ids: np.ndarray) -> np.ndarray:
+    """Per client: the target's outcome is defined (`features.targets.eligible_at_intake`)."""
+    if inst.cutoff is None:
+        return np.zeros(len(ids), dtype=bool)
+    other = "GAD-7" if inst.code == "PHQ-9" else "PHQ-9"
+    return eligible_at_intake(intake, inst.code, target,
+                              _first_scores(sessions, other, ids)
+                              if target == "failed_nhs" else None)
+
+
 def _expected_rows(m, sessions, instrument, ids, code, intake_h, session_h, exclude=None):
     """The expected course at each history row's own session: the neighbours' course matched
     at intake where it exists, the expected-response curve elsewhere. Returns (median,
@@ -618,21 +636,10 @@ def policy_history(m, sessions: pd.DataFrame, instrument: str, at=None,
     ``at``: the sessions to include (None: all). Returns the history and its keys
     (client_id, session), aligned."""
     inst = get(instrument)
-    if at is None:
-        smax = int(np.nanmax(sessions["session"].to_numpy(dtype=float, na_value=np.nan)))
-        at = range(1, smax + 1)
-    hist = point_in_time(sessions, instrument=instrument, at=at)
-    row_ids = hist.keys["client_id"].to_numpy(dtype=object)
-    new_client = np.r_[True, row_ids[1:] != row_ids[:-1]] if len(row_ids) else np.empty(0, bool)
-    code = np.cumsum(new_client) - 1
-    ids = row_ids[new_client]
+    hist, code, first, _, ids = _rows_by_client(sessions, instrument, at)
     colh = {c: hist.X[c].to_numpy(dtype=float) for c in hist.X.columns}
-    target = getattr(m, "target", "failed")
-    other = "GAD-7" if instrument == "PHQ-9" else "PHQ-9"
-    first = np.flatnonzero(new_client)
-    eligible = eligible_at_intake(colh["intake_score"][first], instrument, target,
-                                  _first_scores(sessions, other, ids)
-                                  if target == "failed_nhs" else None)
+    eligible = _eligible(sessions, inst, getattr(m, "target", "failed"),
+                         colh["intake_score"][first], ids)
     med_h, bnd_h, _, _ = _expected_rows(m, sessions, instrument, ids, code,
                                         colh["intake_score"], colh["session"], exclude)
     p_h = 1.0 / (1.0 + np.exp(-m.failure.logit_from_matrix(
