@@ -27,7 +27,7 @@ from training.simulate import (
 )
 from training.simulate import kernels as K
 from training.simulate.generative import option_effects
-from training.simulate.oracle import oracle_arrays
+from training.simulate.oracle import oracle_arrays, oracle_for_cohort
 from training.simulate.params import DEFAULT, OPTIONS, TRAJ_NAMES
 from training.simulate.summary import cross_lagged
 
@@ -168,36 +168,73 @@ def _eta_for_mean(delta, s):
                   -15, 15, xtol=1e-14)
 
 
+def _pmf_table(delta):
+    """P(total | eta) for an array of eta: the generating polynomial of the item answers by
+    convolution (checked against brute-force enumeration), independent of the kernels."""
+    delta = np.asarray(delta)
+    poly = np.array([1.0])
+    for d in delta:
+        poly = np.convolve(poly, [math.comb(3, k) * math.exp(k * d) for k in range(4)])
+    brute = _brute_pmf(delta)
+    tot = np.arange(len(poly))
+
+    def pmf(eta):
+        eta = np.atleast_1d(np.asarray(eta, float))
+        lp = (np.log(poly)[None, :] + tot[None, :] * eta[:, None]
+              - 3 * np.log1p(np.exp(eta[:, None] + delta[None, :])).sum(axis=1)[:, None])
+        return np.exp(lp)
+
+    for x in (-1.3, 0.2, 1.7):
+        assert np.allclose(pmf(x)[0], brute(x), atol=1e-13)
+    return pmf
+
+
 def test_oracle_matches_a_two_class_case_worked_by_hand():
     """Two classes (60% early responders, 40% non-responders), course ends at session 3.
 
-    By hand: P(fail | data to s) = sum_c P(c | data) P(PHQ_3 > PHQ_1 - 6 | c), with
-    P(c | data) proportional to prior x P(PHQ_2 | c) x P(GAD_2 | c) (intake, SRS and
-    attendance do not depend on the class), Rasch pmfs by brute-force enumeration.
+    By hand: P(fail | data to s) = sum_c int P(c, b0 | data) P(PHQ_3 > PHQ_1 - 6 | c, b0) db0,
+    with P(c, b0 | data) proportional to prior(c) N(b0) x the PHQ-9 likelihood of every score
+    so far x int N(eg) prod_t P(GAD_t | b0 - beta_c log t + eg) deg (intake, SRS and attendance
+    do not depend on the latents). The true severity b0 and the GAD-7 offset eg are integrated
+    on fine grids; the oracle's adaptive quadrature (here with many nodes, and so many paths
+    that almost every node is its own stratum: the pooled light nodes are sampled, about 1e-6
+    of noise) must agree.
     """
     p = tiny_two_class()
-    coh = simulate_cohort(100, seed=5, oracle_clients=100, params=p, censor=False)
-    fp, fg = _brute_pmf(p.phq_delta), _brute_pmf(p.gad_delta)
-    obs = coh.observed
+    coh = simulate_cohort(100, seed=5, oracle_clients=0, params=p, censor=False)
+    v, _, _ = oracle_for_cohort(p.pack(), coh.layout, coh.observed, np.arange(100), 5, (1, 2),
+                                slope_sd=0.0, n_severity=24, n_gad=20, min_paths=100_000,
+                                max_paths=400_000)
+    fp, fg = _pmf_table(p.phq_delta), _pmf_table(p.gad_delta)
+    obs, lay = coh.observed, coh.layout
     beta = {"E": p.traj_beta[0], "N": p.traj_beta[2]}
     prior = {"E": 0.6, "N": 0.4}
     checked = 0
     for i in range(100):
         phq, gad = obs.phq[i], obs.gad[i]
         if phq[0] < 10:
-            assert np.isnan(coh.truth.loc[i, "oracle_failure_s1"])
+            assert np.isnan(v[i, 0])
             continue
-        e1 = _eta_for_mean(p.phq_delta, phq[0])
-        g = _eta_for_mean(p.gad_delta, gad[0]) - e1
-        fail = {c: fp(e1 - b * math.log(3))[np.arange(28) > phq[0] - 6].sum()
-                for c, b in beta.items()}
-        by_hand_s1 = sum(prior[c] * fail[c] for c in beta)
-        assert coh.truth.loc[i, "oracle_failure_s1"] == pytest.approx(by_hand_s1, abs=1e-6)
-        post = {c: prior[c] * fp(e1 - b * math.log(2))[phq[1]] * fg(e1 - b * math.log(2) + g)[gad[1]]
-                for c, b in beta.items()}
-        z = sum(post.values())
-        by_hand_s2 = sum(post[c] / z * fail[c] for c in beta)
-        assert coh.truth.loc[i, "oracle_failure_s2"] == pytest.approx(by_hand_s2, abs=1e-6)
+        mu = p.b0_mu + p.b0_diag[lay.diag[i]] + p.b0_female * (lay.gender[i] == 0)
+        emu = p.eg_mu[lay.diag[i]]
+        b0 = np.linspace(mu - 7 * p.b0_sd, mu + 7 * p.b0_sd, 701)
+        eg = np.linspace(emu - 7 * p.eg_sd, emu + 7 * p.eg_sd, 401)
+        pb = np.exp(-0.5 * ((b0 - mu) / p.b0_sd) ** 2)
+        pe = np.exp(-0.5 * ((eg - emu) / p.eg_sd) ** 2)
+        l_phq1 = fp(b0)[:, phq[0]]
+        g1 = fg((b0[:, None] + eg[None, :]).ravel())[:, gad[0]].reshape(len(b0), len(eg))
+        post1, post2, fail = {}, {}, {}
+        for c, b in beta.items():
+            fail[c] = fp(b0 - b * math.log(3))[:, np.arange(28) > phq[0] - 6].sum(axis=1)
+            post1[c] = prior[c] * pb * l_phq1 * (g1 * pe).sum(axis=1)
+            l_phq2 = fp(b0 - b * math.log(2))[:, phq[1]]
+            g2 = fg((b0[:, None] - b * math.log(2) + eg[None, :]).ravel())[:, gad[1]]
+            post2[c] = prior[c] * pb * l_phq1 * l_phq2 * (g1 * g2.reshape(g1.shape) * pe).sum(
+                axis=1)
+        for post, col in ((post1, 0), (post2, 1)):
+            z = sum(post[c].sum() for c in beta)
+            by_hand = sum((post[c] * fail[c]).sum() for c in beta) / z
+            assert v[i, col] == pytest.approx(by_hand, abs=1e-5)
         checked += 1
     assert checked > 40
 
@@ -345,3 +382,60 @@ def test_adaptation_effect_matches_the_published_range():
     under_best = wide.to_numpy()[np.arange(len(wide)), col]
     g = np.nanmean(wide["none"].to_numpy() - under_best) / np.nanstd(wide["none"].to_numpy())
     assert 0.30 <= g <= 0.53, g
+
+
+# ------------------------------------------------------------------------------------------
+# Realism: regression to the mean, scenarios
+# ------------------------------------------------------------------------------------------
+def test_intake_scores_regress_to_the_true_severity():
+    """With no change at all (every client a non-responder with slope 0, no shocks, no
+    effects), a high intake score was high partly by measurement error: the next score is
+    lower on average, and a low one is followed by a higher one."""
+    prior = [0.0] * len(DEFAULT.traj_prior)
+    prior[2] = 1.0
+    beta = list(DEFAULT.traj_beta)
+    beta[2] = 0.0
+    p = DEFAULT.with_(traj_prior=tuple(prior), traj_beta=tuple(beta), b1_sd_client=0.0,
+                      b1_sd_therapist=0.0, b1_sd_clinic=0.0, dom_prev=(0.0,) * 5,
+                      week_prob=0.0, le_hazard=(0.0, 0.0), alliance_between=0.0,
+                      c_alliance_symptom=0.0, rho=0.0)
+    coh = simulate_cohort(20_000, seed=3, oracle_clients=0, params=p, censor=False)
+    phq = coh.observed.phq
+    both = (phq[:, 0] >= 0) & (phq[:, 1] >= 0)
+    change = phq[both, 1] - phq[both, 0]
+    high = phq[both, 0] >= 20
+    low = phq[both, 0] <= 8
+    assert change[high].mean() < -1.0
+    assert change[low].mean() > 1.0
+    assert abs(change.mean()) < 0.3  # no change on average: the true severity stays put
+
+
+def test_scenarios_are_named_and_written_down(tmp_path):
+    import json
+
+    from training.simulate.scenarios import SCENARIOS, scenario
+
+    assert set(SCENARIOS) == {"default", "null-effects", "confounded", "weak-signal", "shifted"}
+    with pytest.raises(ValueError, match="known: default"):
+        scenario("optimistic")
+    coh = simulate_cohort(300, seed=2, oracle_clients=0, scenario="null-effects")
+    assert coh.params.adapt_matched == (0.0,) * 6
+    coh.write(tmp_path)
+    meta = json.loads((tmp_path / "simulation.json").read_text())
+    assert meta["scenario"] == "null-effects" and meta["clients"] == 300
+    assert meta["simulator_version"]
+
+
+def test_confounded_therapists_choose_by_domains_they_did_not_record():
+    """In the confounded world the recorded propensities (observables only) no longer
+    describe the choices: the matching adaptation is chosen more often than recorded."""
+    from training.simulate.scenarios import scenario
+
+    def matched_share(name):
+        coh = simulate_cohort(20_000, seed=4, oracle_clients=0, scenario=name)
+        c = coh.courses
+        o = c.option
+        ok = (o >= 1) & (o <= 5)
+        return float(((c.domains[ok] >> (o[ok] - 1)) & 1).mean())
+
+    assert matched_share("confounded") > matched_share("default") + 0.05

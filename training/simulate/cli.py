@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from training.simulate.generative import simulate_cohort
+from training.simulate.params import SIMULATOR_VERSION
 from training.simulate.summary import summary
 
 
@@ -20,7 +21,8 @@ def _fmt(v: object) -> str:
 
 
 def simulate_command(clients: int, seed: int, out: Path, format: str = "csv",
-                     oracle_clients: int = 5000, console: Console | None = None) -> int:
+                     oracle_clients: int = 5000, console: Console | None = None,
+                     scenario: str = "default") -> int:
     """Simulate, write the cohort and truth.csv to `out`, print the self-check table.
     Returns the number of tuned figures outside their published range (0 = all in range)."""
     console = console or Console()
@@ -30,11 +32,12 @@ def simulate_command(clients: int, seed: int, out: Path, format: str = "csv",
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("oracle (Bayes, per client)", total=max(n_or, 1))
         cohort = simulate_cohort(clients, seed, oracle_clients=oracle_clients,
-                                 progress=lambda k: bar.advance(task, k))
+                                 progress=lambda k: bar.advance(task, k), scenario=scenario)
     written = cohort.write(out, format)
     elapsed = time.perf_counter() - t0
     rows = summary(cohort.sessions, cohort.clients, cohort.truth)
-    table = Table(title=f"Simulated cohort: {clients:,} clients, seed {seed}")
+    table = Table(title=f"Simulated cohort: {clients:,} clients, seed {seed}, scenario "
+                        f"{scenario} (simulator {SIMULATOR_VERSION})")
     for col in ("figure", "simulated", "published", "in range", "tuned"):
         table.add_column(col)
     for r in rows:

@@ -96,6 +96,7 @@ class SimulatedCohort:
     courses: Courses | None = field(default=None, repr=False)
     observed: Observed | None = field(default=None, repr=False)
     oracle_info: dict = field(default_factory=dict)
+    scenario: str = "default"  # a name from `training.simulate.scenarios`, or "custom"
 
     def write(self, out_dir: str | Path, format: str = "csv") -> list[Path]:
         from training.simulate.io import write_cohort
@@ -312,13 +313,24 @@ def simulate_cohort(n_clients: int, seed: int, oracle_clients: int = 5000,
                     params: Params | None = None, censor: bool = True,
                     oracle_sessions: tuple[int, ...] = ORACLE_SESSIONS,
                     oracle_se: float = 0.005, oracle_max_paths: int = 64000,
-                    oracle_min_paths: int = 512, progress=None) -> SimulatedCohort:
+                    oracle_min_paths: int = 512, progress=None,
+                    scenario: str | None = None) -> SimulatedCohort:
     """Simulate a cohort (see docs/simulator.md). `oracle_clients=0` skips the oracle.
+
+    `scenario` names a world of `training.simulate.scenarios` (its parameters; give either it
+    or `params`).
 
     The oracle is computed for a random subset of `oracle_clients` clients (all when fewer),
     at the sessions in `oracle_sessions`, to a Monte Carlo standard error <= `oracle_se`.
     """
-    p = params or DEFAULT
+    if scenario is not None:
+        if params is not None:
+            raise ValueError("give a scenario or params, not both")
+        from training.simulate.scenarios import scenario as named
+
+        p = named(scenario)
+    else:
+        p = params or DEFAULT
     pk = p.pack()
     rng = np.random.default_rng(seed)
     lay = make_layout(n_clients, rng, p, censor)
@@ -358,5 +370,6 @@ def simulate_cohort(n_clients: int, seed: int, oracle_clients: int = 5000,
             truth.loc[subset, f"oracle_failure_s{t}"] = val[:, j]
             truth.loc[subset, f"oracle_se_s{t}"] = se[:, j]
         info["subset_size"] = int(n_or)
+    name = scenario or ("default" if p == DEFAULT else "custom")
     return SimulatedCohort(sessions, clients, adaptations, truth, p, seed, lay, courses, obs,
-                           info)
+                           info, name)

@@ -2,11 +2,13 @@
 
 CSV is written by Arrow's writer (shortest round-trip float text, so the same numbers always give
 the same bytes; SRS values are tenths and print with one decimal). `truth.csv` states the
-oracle's Monte Carlo standard error per value in `oracle_se_s1..s6`.
+oracle's Monte Carlo standard error per value in `oracle_se_s1..s6`. `simulation.json` names the
+simulator version and scenario that produced the files.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,4 +55,15 @@ def write_cohort(cohort: SimulatedCohort, out_dir: Path, format: str = "csv") ->
         write_table(cohort.adaptations, out_dir / f"{ADAPTATIONS_FILE}.{format}"),
         write_table(cohort.truth, out_dir / "truth.csv"),
     ]
+    meta = out_dir / "simulation.json"
+    meta.write_text(json.dumps(simulation_meta(cohort), indent=2, sort_keys=True) + "\n")
+    written.append(meta)
     return written
+
+
+def simulation_meta(cohort: SimulatedCohort) -> dict:
+    """What produced the files: simulator version, scenario, seed and size (no client data)."""
+    from training.simulate.params import SIMULATOR_VERSION
+
+    return {"simulator_version": SIMULATOR_VERSION, "scenario": cohort.scenario,
+            "seed": cohort.seed, "clients": len(cohort.clients)}

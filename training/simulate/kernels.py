@@ -45,6 +45,7 @@ P_AD_GEN, P_AD_BOOST, P_AD_RAMP = (IDX["adapt_generic"], IDX["adapt_alliance_boo
                                    IDX["adapt_ramp"])
 P_MAXS = IDX["max_slots"]
 P_B1SD = IDX["b1_sd_client"]
+P_A_BETWEEN, P_A_REF, P_CONF = IDX["alliance_between"], IDX["alliance_ref"], IDX["prop_confound"]
 P_TRAJ_PRIOR, P_TRAJ_BETA = IDX["traj_prior"], IDX["traj_beta"]
 P_B0_DIAG, P_EG_MU = IDX["b0_diag"], IDX["eg_mu"]
 P_DOM_PREV, P_DOM_PEN = IDX["dom_prev"], IDX["dom_slope_penalty"]
@@ -56,13 +57,13 @@ D_ALL, D_MOT, D_SOC, D_LE, D_MED = 0, 1, 2, 3, 4
 # --- options ---
 O_NONE, O_ALLIANCE, O_MOTIVATION, O_SOCIAL, O_LIFE, O_MED, O_CHANGE = 0, 1, 2, 3, 4, 5, 6
 # --- observable state ---
-ST_PHQ1, ST_ETA1, ST_GOFF, ST_A1, ST_LASTPHQ, ST_LASTSRS = 0, 1, 2, 3, 4, 5
-ST_SUMPHQ, ST_SUMSRS, ST_NATT, ST_NMISS, ST_MISSLAST, ST_MISSPREV = 6, 7, 8, 9, 10, 11
-ST_OPT, ST_OPTSLOT, ST_R, ST_SLOT = 12, 13, 14, 15
-NST = 16
+ST_PHQ1, ST_A1, ST_LASTPHQ, ST_LASTSRS = 0, 1, 2, 3
+ST_SUMPHQ, ST_SUMSRS, ST_NATT, ST_NMISS, ST_MISSLAST, ST_MISSPREV = 4, 5, 6, 7, 8, 9
+ST_OPT, ST_OPTSLOT, ST_R, ST_SLOT = 10, 11, 12, 13
+NST = 14
 # --- uniform streams within a slot ---
 _J_LE, _J_MISS, _J_SRS, _J_PHQ, _J_GAD, _J_DECIDE, _J_END, _J_ROULETTE = 0, 1, 2, 6, 7, 8, 9, 10
-_J_WEEK = 11
+_J_WEEK, _J_GAD_WEEK = 11, 12
 _J_LATENT = 16  # slot 0 only: latent draws use counters 16..
 
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
@@ -259,13 +260,19 @@ def option_effect(P, k, d, o):
 
 
 @nb.njit(**JIT)
-def eta_struct(P, k, d, b1, s, st):
-    """Structural symptom logit at slot s (before residual persistence and life events)."""
+def eta_struct(P, k, d, b1, b0, s, st):
+    """Structural symptom logit at slot s (before residual persistence and life events),
+    anchored on the true intake severity b0 (so an intake score that was high by chance is
+    followed by lower ones: regression to the mean)."""
     pen = 0.0
     for j in range(N_DOM):
         if bit(d, j) == 1:
             pen += P[P_DOM_PEN + j]
-    eta = st[ST_ETA1] - (P[P_TRAJ_BETA + k] + b1 - pen) * math.log(s)
+    # between-person alliance: progress is faster when the expected SRS is above the reference
+    if P[P_A_BETWEEN] != 0.0:
+        srs_exp = 40.0 * sigmoid(alliance(P, bit(d, D_ALL), s, st))
+        pen -= P[P_A_BETWEEN] * (srs_exp - P[P_A_REF])
+    eta = b0 - (P[P_TRAJ_BETA + k] + b1 - pen) * math.log(s)
     tau = SG_TAU[k]
     if tau > 0 and s >= tau:
         eta -= P[P_SG]
@@ -363,14 +370,20 @@ def off_track(P, s, phq, srs, st):
 
 
 @nb.njit(**JIT)
-def propensities(P, phq, srs, st, out):
-    """Known propensities of the 7 options (none + 6 adaptations) from observables only.
+def propensities(P, phq, srs, st, d, out):
+    """Known propensities of the 7 options (none + 6 adaptations): from observables, plus
+    ``prop_confound`` towards the adaptation matching each of the client's domains (what the
+    therapist heard but did not record; 0 by default).
 
     Uses the state AFTER the slot's update (ST_MISSPREV = the previous slot was missed).
     Every option has probability >= prop_floor.
     """
     for o in range(N_OPT):
         out[o] = P[P_PROP_Z + o]
+    if P[P_CONF] != 0.0:
+        for j in range(N_DOM):
+            if bit(d, j) == 1:
+                out[1 + j] += P[P_CONF]
     if srs < 36.0:
         out[O_ALLIANCE] += P[P_Z_ALL]
     if st[ST_NMISS] >= 1:
@@ -405,11 +418,9 @@ def categorical(p, u):
 # State updates
 # ------------------------------------------------------------------------------------------
 @nb.njit(**JIT)
-def init_state(st, phq1, gad1, srs1, phq_eta_hat, gad_eta_hat):
+def init_state(st, phq1, srs1):
     st[:] = 0.0
     st[ST_PHQ1] = phq1
-    st[ST_ETA1] = phq_eta_hat[phq1]
-    st[ST_GOFF] = gad_eta_hat[gad1] - phq_eta_hat[phq1]
     st[ST_A1] = srs_anchor(srs1)
     st[ST_LASTPHQ] = phq1
     st[ST_LASTSRS] = srs1
@@ -485,7 +496,7 @@ def _simulate_one(P, phq_delta, gad_delta, phq_logg, gad_logg, phq_eta_hat, gad_
     att[0] = 1
     phq_o[0] = p1
     gad_o[0] = g1
-    init_state(st, p1, g1, srs / 10.0, phq_eta_hat, gad_eta_hat)
+    init_state(st, p1, srs / 10.0)
     info[:] = 0.0
     info[2] = -1.0
     pd = p_drop(P, d, age, 1, p1, srs / 10.0, st)
@@ -506,7 +517,7 @@ def _simulate_one(P, phq_delta, gad_delta, phq_logg, gad_logg, phq_eta_hat, gad_
                 info[0], info[1] = s, (2 if u < pdm else 1)
                 return
             continue
-        es = eta_struct(P, k, d, b1, s, st)
+        es = eta_struct(P, k, d, b1, b0, s, st)
         eta = (es + P[P_RHO] * st[ST_R] + P[P_LE_ETA] * e
                + P[P_WEEK] * week(P, unif(key, base + _J_WEEK)))
         a = alliance(P, bit(d, D_ALL), s, st)
@@ -516,7 +527,10 @@ def _simulate_one(P, phq_delta, gad_delta, phq_logg, gad_logg, phq_eta_hat, gad_
             srs_o[i, j] = v
             srs += v
         ph = rasch_sample(eta, phq_delta, phq_logg, unif(key, base + _J_PHQ))
-        ga = rasch_sample(eta + st[ST_GOFF], gad_delta, gad_logg, unif(key, base + _J_GAD))
+        # GAD-7: the same structural course and life events, its own offset and weeks
+        eta_g = (es + eg + P[P_LE_ETA] * e
+                 + P[P_WEEK] * week(P, unif(key, base + _J_GAD_WEEK)))
+        ga = rasch_sample(eta_g, gad_delta, gad_logg, unif(key, base + _J_GAD))
         att[i] = 1
         phq_o[i] = ph
         gad_o[i] = ga
@@ -525,7 +539,7 @@ def _simulate_one(P, phq_delta, gad_delta, phq_logg, gad_logg, phq_eta_hat, gad_
         pf = p_finish(P, s, ph)
         if off_track(P, s, ph, srs_pts, st):
             update_attended(st, s, ph, srs_pts, phq_eta_hat[ph] - es)
-            propensities(P, ph, srs_pts, st, pr)
+            propensities(P, ph, srs_pts, st, d, pr)
             o = categorical(pr, unif(key, base + _J_DECIDE)) if forced < 0 else forced
             st[ST_OPT] = o
             st[ST_OPTSLOT] = s

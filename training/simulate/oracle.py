@@ -42,7 +42,6 @@ from training.simulate.kernels import (
     D_MOT,
     JIT,
     NST,
-    ST_GOFF,
     ST_LASTPHQ,
     ST_LASTSRS,
     ST_NATT,
@@ -82,37 +81,99 @@ def _logsumexp2(a, b):
 
 
 @nb.njit(**JIT)
-def _week_mix(P, ph, ga, eta, g0, phq_logg, gexp, gad_logg, gad_gexp):
-    """log P(PHQ-9, GAD-7 totals | eta) with the good / ordinary / bad week summed out."""
+def _week_mix(P, total, eta, logg, gexp):
+    """log P(total | eta) with the good / ordinary / bad week summed out."""
     p = P[K.P_WEEK_P]
     acc = -np.inf
     for wk in range(-1, 2):
         pw = p if wk != 0 else 1.0 - 2.0 * p
         if pw <= 0.0:
             continue
-        x = eta + P[K.P_WEEK] * wk
-        acc = _logsumexp2(acc, math.log(pw) + K.rasch_logpmf_poly(ph, x, phq_logg, gexp)
-                          + K.rasch_logpmf_poly(ga, x + g0, gad_logg, gad_gexp))
+        acc = _logsumexp2(acc, math.log(pw)
+                          + K.rasch_logpmf_poly(total, eta + P[K.P_WEEK] * wk, logg, gexp))
     return acc
 
 
 @nb.njit(**JIT)
-def intake_factors(P, phq_delta, gad_delta, phq_logg, gad_logg, srs_cut, phq1, gad1, srs_items,
-                   diag, gender, z2, w2, out_med, out_all):
-    """log P(intake PHQ-9, GAD-7 | medication bit) and log P(intake SRS items | alliance bit),
-    integrating the intake severity, GAD offset and alliance level (Gauss-Hermite)."""
+def _lognorm(x, mu, sd):
+    z = (x - mu) / sd
+    return -0.5 * z * z - math.log(sd) - 0.9189385332046727
+
+
+@nb.njit(**JIT)
+def _grid_moments(lo, hi, logf):
+    """Mean and SD of the density proportional to exp(logf) on an even grid over [lo, hi]."""
+    n = logf.shape[0]
+    mx = logf.max()
+    tot = 0.0
+    m1 = 0.0
+    m2 = 0.0
+    for g in range(n):
+        x = lo + (hi - lo) * g / (n - 1)
+        w = math.exp(logf[g] - mx)
+        tot += w
+        m1 += w * x
+        m2 += w * x * x
+    m = m1 / tot
+    v = max(m2 / tot - m * m, 1e-8)
+    return m, math.sqrt(v)
+
+
+N_GRID = 241
+
+
+@nb.njit(**JIT)
+def intake_nodes(P, phq_delta, gad_delta, phq_logg, gad_logg, srs_cut, phq1, gad1, srs_items,
+                 diag, gender, zb, wb, ze, we, z2, w2, b0_out, fb0, eg_out, feg, out_all):
+    """Adaptive Gauss-Hermite nodes for the persistent continuous latents at intake.
+
+    The true severity b0: nodes at the posterior mean and SD given the intake PHQ-9 and GAD-7
+    (found on a grid), each weighted by prior(b0 | medication bit) x P(PHQ-9 | b0) / the node
+    density (importance-weighted quadrature: exact as the nodes grow). For each b0 node, the
+    GAD-7 offset eg likewise, weighted by prior(eg) x P(GAD-7 | b0 + eg) / the node density.
+    The alliance level is intake-only (the course is anchored on the observed SRS) and is
+    integrated out as before: out_all[bit] = log P(intake SRS items | alliance bit).
+    """
     mu = P[P_B0_MU] + P[P_B0_DIAG + diag] + P[P_B0_FEMALE] * (gender == 0)
-    scale = P[P_SRS_SCALE]
-    for dm in range(2):
+    sd = P[P_B0_SD]
+    shift = P[P_B0_MED]
+    pmed = P[P_DOM_PREV + D_MED]
+    emu = P[P_EG_MU + diag]
+    esd = P[P_EG_SD]
+    # b0 posterior on a grid (medication bit and eg integrated)
+    lo = mu + min(0.0, shift) - 6.0 * sd
+    hi = mu + max(0.0, shift) + 6.0 * sd
+    logf = np.empty(N_GRID)
+    for g in range(N_GRID):
+        b0 = lo + (hi - lo) * g / (N_GRID - 1)
+        pr = _logsumexp2(math.log(max(1.0 - pmed, 1e-300)) + _lognorm(b0, mu, sd),
+                         math.log(max(pmed, 1e-300)) + _lognorm(b0, mu + shift, sd))
         acc = -np.inf
-        for i in range(z2.shape[0]):
-            b0 = mu + P[P_B0_MED] * dm + P[P_B0_SD] * z2[i]
-            lp = K.rasch_logpmf(phq1, b0, phq_delta, phq_logg)
-            for j in range(z2.shape[0]):
-                eg = P[P_EG_MU + diag] + P[P_EG_SD] * z2[j]
-                acc = _logsumexp2(acc, math.log(w2[i] * w2[j]) + lp
-                                  + K.rasch_logpmf(gad1, b0 + eg, gad_delta, gad_logg))
-        out_med[dm] = acc
+        for j in range(z2.shape[0]):
+            acc = _logsumexp2(acc, math.log(w2[j]) + K.rasch_logpmf(
+                gad1, b0 + emu + esd * z2[j], gad_delta, gad_logg))
+        logf[g] = pr + K.rasch_logpmf(phq1, b0, phq_delta, phq_logg) + acc
+    m, v = _grid_moments(lo, hi, logf)
+    elo, ehi = emu - 6.0 * esd, emu + 6.0 * esd
+    logf_e = np.empty(N_GRID)
+    for jb in range(zb.shape[0]):
+        b0 = m + v * zb[jb]
+        b0_out[jb] = b0
+        base = math.log(wb[jb]) - _lognorm(b0, m, v) + K.rasch_logpmf(phq1, b0, phq_delta,
+                                                                         phq_logg)
+        fb0[jb, 0] = base + _lognorm(b0, mu, sd)
+        fb0[jb, 1] = base + _lognorm(b0, mu + shift, sd)
+        for g in range(N_GRID):
+            eg = elo + (ehi - elo) * g / (N_GRID - 1)
+            logf_e[g] = _lognorm(eg, emu, esd) + K.rasch_logpmf(gad1, b0 + eg, gad_delta,
+                                                                gad_logg)
+        me, ve = _grid_moments(elo, ehi, logf_e)
+        for le in range(ze.shape[0]):
+            eg = me + ve * ze[le]
+            eg_out[jb, le] = eg
+            feg[jb, le] = (math.log(we[le]) - _lognorm(eg, me, ve) + _lognorm(eg, emu, esd)
+                           + K.rasch_logpmf(gad1, b0 + eg, gad_delta, gad_logg))
+    scale = P[P_SRS_SCALE]
     for da in range(2):
         acc = -np.inf
         for i in range(z2.shape[0]):
@@ -125,7 +186,7 @@ def intake_factors(P, phq_delta, gad_delta, phq_logg, gad_logg, srs_cut, phq1, g
 
 
 @nb.njit(**JIT)
-def forward_path(P, gexp, phq_eta_hat, k, d, b1, age, pst, t, t_cut, pkey, probs, pr):
+def forward_path(P, gexp, phq_eta_hat, k, d, b1, b0, age, pst, t, t_cut, pkey, probs, pr):
     """One forward path from the state after session t. Returns (failure mass, defined mass)."""
     maxs = int(P[P_MAXS])
     scale = P[P_SRS_SCALE]
@@ -136,7 +197,7 @@ def forward_path(P, gexp, phq_eta_hat, k, d, b1, age, pst, t, t_cut, pkey, probs
     # the therapist's decision at session t, then the ending after t (PHQ-9 at t is known)
     phq_t, srs_t = pst[ST_LASTPHQ], pst[ST_LASTSRS]
     if K.off_track(P, t, phq_t, srs_t, pst):
-        K.propensities(P, phq_t, srs_t, pst, pr)
+        K.propensities(P, phq_t, srs_t, pst, d, pr)
         pst[ST_OPT] = K.categorical(pr, K.unif(pkey, t * 64 + _J_DECIDE))
         pst[ST_OPTSLOT] = t
     pd = K.p_drop(P, d, age, t, phq_t, srs_t, pst)
@@ -163,7 +224,7 @@ def forward_path(P, gexp, phq_eta_hat, k, d, b1, age, pst, t, t_cut, pkey, probs
                     a += w * pe
             w *= 1.0 - pe
         else:
-            es = K.eta_struct(P, k, d, b1, s, pst)
+            es = K.eta_struct(P, k, d, b1, b0, s, pst)
             eta = (es + P[P_RHO] * pst[ST_R] + P[P_LE_ETA] * e
                    + P[K.P_WEEK] * K.week(P, K.unif(pkey, base + K._J_WEEK)))
             al = K.alliance(P, (d >> D_ALL) & 1, s, pst)
@@ -218,7 +279,7 @@ def forward_path(P, gexp, phq_eta_hat, k, d, b1, age, pst, t, t_cut, pkey, probs
             w *= cont
             K.update_attended(pst, s, S_pick, srs_pts, phq_eta_hat[S_pick] - es)
             if K.off_track(P, s, S_pick, srs_pts, pst):
-                K.propensities(P, S_pick, srs_pts, pst, pr)
+                K.propensities(P, S_pick, srs_pts, pst, d, pr)
                 pst[ST_OPT] = K.categorical(pr, K.unif(pkey, base + _J_DECIDE))
                 pst[ST_OPTSLOT] = s
         if s >= t_cut:
@@ -267,8 +328,8 @@ def _estimate(strata_w, cnt, sa, sb, saa, sbb, sab, n_strata):
 
 
 @nb.njit(**JIT)
-def _predict(P, gexp, phq_eta_hat, node_k, node_d, node_b1, w, r_node, st, age, t, t_cut, ckey,
-             se_target, m0, m_max):
+def _predict(P, gexp, phq_eta_hat, node_k, node_d, node_b1, node_b0, w, r_node, st, age, t,
+             t_cut, ckey, se_target, m0, m_max):
     """Stratified forward simulation from the weighted nodes at session t.
 
     Strata: every node with weight >= 1/m0 on its own; the remaining ("light") nodes pooled by
@@ -285,6 +346,19 @@ def _predict(P, gexp, phq_eta_hat, node_k, node_d, node_b1, w, r_node, st, age, 
         else:
             light_w[node_k[n]] += w[n]
     n_strata = n_heavy + N_TRAJ
+    # light nodes listed by trajectory state, so a systematic draw walks one list once
+    light_off = np.zeros(N_TRAJ + 1, dtype=np.int64)
+    for n in range(n_nodes):
+        if 0.0 < w[n] < 1.0 / m0:
+            light_off[node_k[n] + 1] += 1
+    for k in range(N_TRAJ):
+        light_off[k + 1] += light_off[k]
+    light_list = np.empty(light_off[N_TRAJ], dtype=np.int64)
+    fill = light_off[:N_TRAJ].copy()
+    for n in range(n_nodes):
+        if 0.0 < w[n] < 1.0 / m0:
+            light_list[fill[node_k[n]]] = n
+            fill[node_k[n]] += 1
     strata_w = np.zeros(n_strata)
     for h in range(n_heavy):
         strata_w[h] = w[heavy[h]]
@@ -316,25 +390,23 @@ def _predict(P, gexp, phq_eta_hat, node_k, node_d, node_b1, w, r_node, st, age, 
                     continue
                 m_h = max(m_h, LIGHT_MIN_PATHS)
                 u0 = K.unif(ckey, (t << 24) + (rnd << 8) + kk)
+            ptr = light_off[kk] if kk >= 0 else 0
+            acc = w[light_list[ptr]] if kk >= 0 and ptr < light_off[kk + 1] else 0.0
             for j in range(m_h):
                 if h < n_heavy:
                     n = heavy[h]
                 else:  # systematic draw among the light nodes of trajectory state kk
                     target = (u0 + j) / m_h * strata_w[h]
-                    acc = 0.0
-                    n = -1
-                    for nn in range(n_nodes):
-                        if node_k[nn] == kk and w[nn] < 1.0 / m0 and w[nn] > 0.0:
-                            acc += w[nn]
-                            n = nn
-                            if acc > target:
-                                break
+                    while acc <= target and ptr < light_off[kk + 1] - 1:
+                        ptr += 1
+                        acc += w[light_list[ptr]]
+                    n = light_list[ptr]
                 pst[:] = st
                 pst[ST_R] = r_node[n]
                 pkey = K.subkey(ckey, (np.int64(t) << 40) + used)
                 used += 1
-                a, b = forward_path(P, gexp, phq_eta_hat, node_k[n], node_d[n], node_b1[n], age,
-                                    pst, t, t_cut, pkey, probs, pr)
+                a, b = forward_path(P, gexp, phq_eta_hat, node_k[n], node_d[n], node_b1[n],
+                                    node_b0[n], age, pst, t, t_cut, pkey, probs, pr)
                 cnt[h] += 1
                 sa[h] += a
                 sb[h] += b
@@ -353,16 +425,18 @@ def _predict(P, gexp, phq_eta_hat, node_k, node_d, node_b1, w, r_node, st, age, 
 
 @nb.njit(parallel=True, **{k: v for k, v in JIT.items() if k != "nogil"})
 def oracle_kernel(P, phq_delta, gad_delta, phq_logg, gad_logg, gexp, gad_gexp, phq_eta_hat,
-                  gad_eta_hat,
                   srs_cut, keys, age, gender, diag, t_cut, att, phq, gad, srs, opt, opt_slot,
-                  points, z_slope, w_slope, z2, w2, se_target, m0, m_max):
+                  points, z_slope, w_slope, zb, wb, ze, we, z2, w2, se_target, m0, m_max):
     n_cl = keys.shape[0]
     n_pts = points.shape[1]
     out_v = np.full((n_cl, n_pts), np.nan)
     out_se = np.full((n_cl, n_pts), np.nan)
     out_m = np.zeros((n_cl, n_pts), dtype=np.int64)
     q_n = z_slope.shape[0]
-    n_nodes = N_TRAJ * q_n * N_DPROF
+    q_b = zb.shape[0]
+    q_e = ze.shape[0]
+    n_nodes = N_TRAJ * q_n * q_b * N_DPROF
+    confounded = P[K.P_CONF] != 0.0
     for i in nb.prange(n_cl):
         t_stop = 0
         for j in range(n_pts):
@@ -370,43 +444,57 @@ def oracle_kernel(P, phq_delta, gad_delta, phq_logg, gad_logg, gexp, gad_gexp, p
                 t_stop = j + 1
         if t_stop == 0 or phq[i, 0] < 10:
             continue
-        # ---- nodes and prior ----
+        # ---- nodes and prior: node n = ((k * q_n + q) * q_b + jb) * 32 + d ----
         node_k = np.empty(n_nodes, dtype=np.int64)
         node_d = np.empty(n_nodes, dtype=np.int64)
         node_b1 = np.empty(n_nodes)
-        logw = np.empty(n_nodes)
+        node_b0 = np.empty(n_nodes)
+        node_jb = np.empty(n_nodes, dtype=np.int64)
+        W = np.empty((n_nodes, q_e))  # log weight per node and GAD-7 offset node
         r_node = np.zeros(n_nodes)
-        f_med = np.empty(2)
+        b0v = np.empty(q_b)
+        fb0 = np.empty((q_b, 2))
+        egv = np.empty((q_b, q_e))
+        feg = np.empty((q_b, q_e))
         f_all = np.empty(2)
         srs1 = srs[i, 0]
-        intake_factors(P, phq_delta, gad_delta, phq_logg, gad_logg, srs_cut, phq[i, 0],
-                       gad[i, 0], srs1, diag[i], gender[i], z2, w2, f_med, f_all)
+        intake_nodes(P, phq_delta, gad_delta, phq_logg, gad_logg, srs_cut, phq[i, 0], gad[i, 0],
+                     srs1, diag[i], gender[i], zb, wb, ze, we, z2, w2, b0v, fb0, egv, feg, f_all)
         for k in range(N_TRAJ):
             pk = P[P_TRAJ_PRIOR + k]
             for q in range(q_n):
-                for d in range(N_DPROF):
-                    n = (k * q_n + q) * N_DPROF + d
-                    node_k[n], node_d[n], node_b1[n] = k, d, z_slope[q]
-                    lw = math.log(pk) + math.log(w_slope[q]) if pk > 0 else -np.inf
-                    for jd in range(N_DOM):
-                        pj = P[P_DOM_PREV + jd]
-                        pj = pj if (d >> jd) & 1 else 1.0 - pj
-                        lw += math.log(pj) if pj > 0 else -np.inf
-                    if lw > -np.inf:
-                        lw += f_med[(d >> D_MED) & 1] + f_all[(d >> D_ALL) & 1]
-                    logw[n] = lw
+                for jb in range(q_b):
+                    for d in range(N_DPROF):
+                        n = ((k * q_n + q) * q_b + jb) * N_DPROF + d
+                        node_k[n], node_d[n], node_b1[n] = k, d, z_slope[q]
+                        node_b0[n], node_jb[n] = b0v[jb], jb
+                        lw = math.log(pk) + math.log(w_slope[q]) if pk > 0 else -np.inf
+                        for jd in range(N_DOM):
+                            pj = P[P_DOM_PREV + jd]
+                            pj = pj if (d >> jd) & 1 else 1.0 - pj
+                            lw += math.log(pj) if pj > 0 else -np.inf
+                        if lw > -np.inf:
+                            lw += fb0[jb, (d >> D_MED) & 1] + f_all[(d >> D_ALL) & 1]
+                        for le in range(q_e):
+                            W[n, le] = lw + feg[jb, le] if lw > -np.inf else -np.inf
         st = np.empty(NST)
         s1 = 0
         for j in range(4):
             s1 += srs1[j]
-        K.init_state(st, phq[i, 0], gad[i, 0], s1 / 10.0, phq_eta_hat, gad_eta_hat)
+        K.init_state(st, phq[i, 0], s1 / 10.0)
         wts = np.empty(n_nodes)
+        # per-slot cache, shared by nodes that differ only in domain bits the slot's symptom
+        # level does not depend on (motivation, life events; unless that adaptation is active)
+        stamp = np.zeros(n_nodes, dtype=np.int64)
+        c_es = np.empty(n_nodes)
+        c_ph = np.empty((n_nodes, 2))
+        c_ga = np.empty((n_nodes, 2, q_e))
         ckey = keys[i]
+        pr = np.empty(N_OPT)
         for s in range(1, t_stop + 1):
             if s >= 2:
                 sp = s - 1  # index of slot s; sp - 1 is slot s - 1
                 # (a) the client continued after slot s - 1
-                dd = 0
                 cont_ll = np.empty(2)
                 for mot in range(2):
                     dd = mot << D_MOT
@@ -441,41 +529,46 @@ def oracle_kernel(P, phq_delta, gad_delta, phq_logg, gad_logg, gexp, gad_gexp, p
                         srs_tot += srs[i, sp, j]
                 ramp = K.adapt_ramp(P, st, s)
                 o = int(st[ST_OPT])
-                matchmask = 0
-                if ramp > 0 and o == 1:
-                    matchmask = 1 << D_ALL
-                elif ramp > 0 and o == 2:
-                    matchmask = 1 << D_MOT
-                last_key = -1
-                ll0 = 0.0
-                ll1 = 0.0
-                es = 0.0
+                free = (1 << D_MOT) | (1 << D_LE)
+                if ramp > 0 and o == 2:
+                    free &= ~(1 << D_MOT)
+                elif ramp > 0 and o == 4:
+                    free &= ~(1 << D_LE)
                 for n in range(n_nodes):
-                    if logw[n] == -np.inf:
+                    if W[n, 0] == -np.inf:
                         continue
                     d = node_d[n]
                     mot = (d >> D_MOT) & 1
                     le = (d >> D_LE) & 1
-                    lw = logw[n] + cont_ll[mot]
+                    add = cont_ll[mot]
                     h = hle[le]
                     if attended:
-                        key = (n >> 2 << 2) | (d & matchmask)
-                        if key != last_key:
-                            es = K.eta_struct(P, node_k[n], d, node_b1[n], s, st)
+                        key = n & ~free
+                        if stamp[key] != s:
+                            es = K.eta_struct(P, node_k[n], d & ~free, node_b1[n], node_b0[n], s,
+                                              st)
                             eta0 = es + P[P_RHO] * r_node[n]
-                            g0 = st[ST_GOFF]
-                            ll0 = _week_mix(P, ph_s, ga_s, eta0, g0, phq_logg, gexp, gad_logg,
-                                            gad_gexp)
-                            ll1 = _week_mix(P, ph_s, ga_s, eta0 + P[P_LE_ETA], g0, phq_logg,
-                                            gexp, gad_logg, gad_gexp)
-                            last_key = key
-                        a0 = math.log(max((1.0 - h) * (1.0 - pm[mot, 0]), 1e-300)) + ll0
-                        a1 = math.log(max(h * (1.0 - pm[mot, 1]), 1e-300)) + ll1
-                        lw += _logsumexp2(a0, a1) + srs_ll[(d >> D_ALL) & 1]
+                            c_es[key] = es
+                            for e in range(2):
+                                c_ph[key, e] = _week_mix(P, ph_s, eta0 + P[P_LE_ETA] * e,
+                                                         phq_logg, gexp)
+                                for l in range(q_e):
+                                    c_ga[key, e, l] = _week_mix(
+                                        P, ga_s, es + egv[node_jb[n], l] + P[P_LE_ETA] * e,
+                                        gad_logg, gad_gexp)
+                            stamp[key] = s
+                        es = c_es[key]
+                        a0 = math.log(max((1.0 - h) * (1.0 - pm[mot, 0]), 1e-300)) + c_ph[key, 0]
+                        a1 = math.log(max(h * (1.0 - pm[mot, 1]), 1e-300)) + c_ph[key, 1]
+                        add += srs_ll[(d >> D_ALL) & 1]
+                        for l in range(q_e):
+                            W[n, l] += add + _logsumexp2(a0 + c_ga[key, 0, l],
+                                                         a1 + c_ga[key, 1, l])
                         r_node[n] = phq_eta_hat[ph_s] - es
                     else:
-                        lw += math.log(max((1.0 - h) * pm[mot, 0] + h * pm[mot, 1], 1e-300))
-                    logw[n] = lw
+                        add += math.log(max((1.0 - h) * pm[mot, 0] + h * pm[mot, 1], 1e-300))
+                        for l in range(q_e):
+                            W[n, l] += add
                 if attended:
                     K.update_attended(st, s, ph_s, srs_tot / 10.0, 0.0)
                 else:
@@ -484,21 +577,35 @@ def oracle_kernel(P, phq_delta, gad_delta, phq_logg, gad_logg, gexp, gad_gexp, p
             if points[i, s - 1]:
                 mx = -np.inf
                 for n in range(n_nodes):
-                    mx = max(mx, logw[n])
+                    v = -np.inf
+                    for l in range(q_e):
+                        v = _logsumexp2(v, W[n, l])
+                    wts[n] = v
+                    mx = max(mx, v)
                 tot = 0.0
                 for n in range(n_nodes):
-                    wts[n] = math.exp(logw[n] - mx) if logw[n] > -np.inf else 0.0
+                    wts[n] = math.exp(wts[n] - mx) if wts[n] > -np.inf else 0.0
                     tot += wts[n]
                 for n in range(n_nodes):
                     wts[n] /= tot
-                est, se, used = _predict(P, gexp, phq_eta_hat, node_k, node_d, node_b1, wts,
-                                         r_node, st, age[i], s, t_cut[i], ckey, se_target, m0,
-                                         m_max)
+                est, se, used = _predict(P, gexp, phq_eta_hat, node_k, node_d, node_b1, node_b0,
+                                         wts, r_node, st, age[i], s, t_cut[i], ckey, se_target,
+                                         m0, m_max)
                 out_v[i, s - 1] = est
                 out_se[i, s - 1] = se
                 out_m[i, s - 1] = used
-            # (d) the decision observed at s (applies from the next slot)
+            # (d) the decision observed at s (applies from the next slot); when therapists
+            # also act on unrecorded domains, the choice itself is evidence about them
             if opt_slot[i] == s and opt[i] >= 0:
+                if confounded:
+                    lp = np.empty(N_DPROF)
+                    for d in range(N_DPROF):
+                        K.propensities(P, st[ST_LASTPHQ], st[ST_LASTSRS], st, d, pr)
+                        lp[d] = math.log(pr[opt[i]])
+                    for n in range(n_nodes):
+                        if W[n, 0] > -np.inf:
+                            for l in range(q_e):
+                                W[n, l] += lp[node_d[n]]
                 st[ST_OPT] = opt[i]
                 st[ST_OPTSLOT] = s
     return out_v, out_se, out_m
@@ -506,27 +613,33 @@ def oracle_kernel(P, phq_delta, gad_delta, phq_logg, gad_logg, gexp, gad_gexp, p
 
 def oracle_arrays(pk: Packed, slope_sd: float, keys, age, gender, diag, t_cut, att, phq, gad,
                   srs, opt, opt_slot, points, n_slope: int = 10, n_intake: int = 24,
-                  se_target: float = 0.005, m0: int = 512, m_max: int = 64000):
+                  n_severity: int = 6, n_gad: int = 4, se_target: float = 0.005,
+                  m0: int = 512, m_max: int = 64000):
     """Run the oracle on observed arrays (slots in columns). Returns (value, se, paths).
 
     `slope_sd` is the SD of the slope random effect one client sees (client, therapist and
-    clinic effects together: the oracle does not see therapist or clinic ids).
+    clinic effects together: the oracle does not see therapist or clinic ids). `n_severity`
+    and `n_gad` are the adaptive Gauss-Hermite nodes of the true intake severity and of the
+    GAD-7 offset (docs/simulator.md measures their accuracy against more nodes).
     """
     z_s, w_s = gauss_hermite(n_slope if slope_sd > 0 else 1)
     z2, w2 = gauss_hermite(n_intake)
+    zb, wb = gauss_hermite(n_severity)
+    ze, we = gauss_hermite(n_gad)
     return oracle_kernel(
         pk.vec, pk.phq_delta, pk.gad_delta, pk.phq_logg, pk.gad_logg, np.exp(pk.phq_logg),
-        np.exp(pk.gad_logg), pk.phq_eta_hat, pk.gad_eta_hat, pk.srs_cut, keys, age.astype(np.int64),
+        np.exp(pk.gad_logg), pk.phq_eta_hat, pk.srs_cut, keys, age.astype(np.int64),
         gender.astype(np.int64), diag.astype(np.int64), t_cut.astype(np.int64),
         att.astype(np.int64), phq.astype(np.int64), gad.astype(np.int64), srs.astype(np.int64),
-        opt.astype(np.int64), opt_slot.astype(np.int64), points, z_s * slope_sd, w_s, z2, w2,
-        se_target, m0, m_max)
+        opt.astype(np.int64), opt_slot.astype(np.int64), points, z_s * slope_sd, w_s, zb, wb,
+        ze, we, z2, w2, se_target, m0, m_max)
 
 
 def oracle_for_cohort(pk: Packed, lay, obs, subset: np.ndarray, seed: int,
                       sessions=(1, 2, 3, 4, 5, 6), se_target: float = 0.005,
                       max_paths: int = 64000, progress=None, n_slope: int = 10,
-                      slope_sd: float | None = None, min_paths: int = 512):
+                      slope_sd: float | None = None, min_paths: int = 512,
+                      n_severity: int = 6, n_gad: int = 4):
     """Oracle values for the clients in `subset` at `sessions` (only where PHQ-9 was scored)."""
     if slope_sd is None:
         from training.simulate.params import DEFAULT
@@ -550,13 +663,14 @@ def oracle_for_cohort(pk: Packed, lay, obs, subset: np.ndarray, seed: int,
         v, s, m = oracle_arrays(
             pk, slope_sd, keys[ch], lay.age[ix], lay.gender[ix], lay.diag[ix], lay.t_cut[ix],
             att[ch], obs.phq[ix, :ncol], obs.gad[ix, :ncol], obs.srs[ix, :ncol], obs.option[ix],
-            obs.option_slot[ix], points[ch], n_slope=n_slope, se_target=se_target,
-            m0=min_paths, m_max=max_paths)
+            obs.option_slot[ix], points[ch], n_slope=n_slope, n_severity=n_severity,
+            n_gad=n_gad, se_target=se_target, m0=min_paths, m_max=max_paths)
         val[ch, :ncol], se[ch, :ncol], used[ch, :ncol] = v, s, m
         if progress is not None:
             progress(len(ch))
     ok = np.isfinite(se)
     info = {"max_se": float(se[ok].max()) if ok.any() else float("nan"),
             "mean_paths": float(used[ok].mean()) if ok.any() else float("nan"),
-            "se_target": se_target, "slope_nodes": n_slope}
+            "se_target": se_target, "slope_nodes": n_slope,
+            "severity_nodes": n_severity, "gad_nodes": n_gad}
     return val, se, info

@@ -24,6 +24,10 @@ import numpy as np
 
 from features.instruments import ADAPTATIONS
 
+#: Version of the generative model. Figures in the docs name the version that produced them;
+#: a change to the equations or a default parameter bumps it (docs/simulator.md, "Versions").
+SIMULATOR_VERSION = "2.0"
+
 # ------------------------------------------------------------------------------------------
 # Fixed structure (not parameters)
 # ------------------------------------------------------------------------------------------
@@ -91,23 +95,36 @@ class Params:
 
     # --- trajectory classes (tuned mix and slopes; Finch, Lambert & Schaalje 2001: expected
     # change is linear in log(session)) ---
-    traj_prior: tuple[float, ...] = (0.30, 0.29, 0.17, 0.08, 0.04, 0.035, 0.03, 0.02, 0.02,
+    # (simulator 2.0 moved 3 points from deteriorators to gradual responders and set their
+    # slope to -0.30 from -0.40, retuned for the larger therapist and alliance effects)
+    traj_prior: tuple[float, ...] = (0.30, 0.32, 0.17, 0.05, 0.04, 0.035, 0.03, 0.02, 0.02,
                                      0.015)
-    traj_beta: tuple[float, ...] = (1.35, 0.75, 0.06, -0.40, 0.40, 0.40, 0.40, 0.40, 0.40, 0.40)
+    traj_beta: tuple[float, ...] = (1.35, 0.75, 0.06, -0.30, 0.40, 0.40, 0.40, 0.40, 0.40, 0.40)
     sudden_gain_drop: float = 1.0  # logit drop at the gain session (tuned; assumed size)
-    # --- random effects (assumed; therapist share of slope variance ~ 15%, Wampold & Imel) ---
+    # --- random effects on the slope. The therapist SD is calibrated to the published
+    # therapist share of outcome variance, about 5% (Johns, Barkham, Kellett & Saxon 2019,
+    # Clin Psychol Rev 67:78, routine care; Baldwin & Imel 2013): on a calibration cohort
+    # (seed 5, 20,000 clients) the mixed-model share of the summary was 1.7% at SD 0.117 (a
+    # first-order derivation that ignored the floor of the scale and early endings), 9.2% at
+    # 0.3 and 5.4% at 0.21. The share at other seeds and sizes is then a check of this
+    # calibration, not an independent one. Client and clinic SDs assumed. ---
     b1_sd_client: float = 0.16
-    b1_sd_therapist: float = 0.07
+    b1_sd_therapist: float = 0.21
     b1_sd_clinic: float = 0.03
-    # --- intake severity: PHQ-9 mean about 15-16, SD about 5 in NHS Talking Therapies
-    # referrals (assumed from NHS annual reports); covariates shift it (assumed) ---
+    # --- true intake severity b0: PHQ-9 mean about 15-16, SD about 5 in NHS Talking Therapies
+    # referrals (assumed from NHS annual reports); covariates shift it (assumed). The intake
+    # PHQ-9 / GAD-7 measure b0 (and b0 + eg) with the Rasch model's own error, and the course
+    # is anchored on b0, not on the observed intake: regression to the mean. ---
     b0_mu: float = 0.08
     b0_sd: float = 0.72
     b0_diag: tuple[float, ...] = (0.15, -0.20, 0.10)  # depression, anxiety, mixed
     b0_female: float = 0.05
     b0_medication: float = 0.35  # clients who need a medication review start more severe
     eg_mu: tuple[float, ...] = (-0.65, 0.10, -0.20)  # GAD-7 latent offset by diagnosis
-    eg_sd: float = 0.45
+    eg_sd: float = 0.45  # the client's own GAD-7 offset; it persists over the course
+    # GAD-7 shares the structural course and life events with the PHQ-9 but has its own good
+    # and bad weeks (week_prob, week_shock, drawn independently): the two instruments are
+    # correlated, not one latent plus an offset (assumed structure).
     # --- item difficulties (assumed; item 9 rarely endorsed, sleep/energy most) ---
     phq_delta: tuple[float, ...] = (0.25, 0.20, 0.55, 0.65, 0.15, -0.05, 0.0, -0.45, -2.6)
     gad_delta: tuple[float, ...] = (0.40, 0.15, 0.50, 0.30, -0.35, 0.30, -0.25)
@@ -117,6 +134,17 @@ class Params:
     a0_alliance: float = -0.85  # alliance-problem domain: lower alliance at intake
     srs_item_scale: float = 0.32  # logistic scale of SRS item noise (logits)
     alliance_drift: float = 0.30  # alliance-problem domain: further decline per log(session)
+    # --- between-person alliance effect on progress: the slope on log(session) changes by
+    # alliance_between per SRS point of the client's current expected alliance above
+    # alliance_ref (logits per SRS point per log session). Derived from the published
+    # alliance-outcome correlation r = .278 (Flückiger, Del Re, Wampold & Horvath 2018,
+    # Psychotherapy 55:316) by the first-order formula r = c * dE[PHQ]/deta * E[log s_end] *
+    # SD(mean SRS) / SD(change): c = .278 * 6.14 / (6.5 * 1.854 * 4.06) = 0.035, with the
+    # previous version's SDs (seed 5, 20,000 clients). So the simulated r is a consistency
+    # check of this derivation, not an independent one. Reference: SRS mean about 36 of 40
+    # (Duncan et al. 2003). ---
+    alliance_between: float = 0.035
+    alliance_ref: float = 36.0
     # --- cross-lagged paths (Flückiger et al. 2020, converted in `fluckiger_raw`) ---
     c_alliance_symptom: float = field(
         default_factory=lambda: fluckiger_raw()["alliance_to_symptom_logit"])
@@ -160,6 +188,10 @@ class Params:
     prop_z_life_events: float = 0.9  # life_events when the last slot was missed
     prop_z_medication: float = 0.9  # medication_review when PHQ-9 >= 20
     prop_z_change: float = 0.7  # change_approach when PHQ-9 is not below intake
+    # confounding: the therapist also hears about the client's problem domains and leans
+    # towards the matching adaptation by this much (z units), unrecorded. 0 in the default
+    # world (choices from observables only); the "confounded" scenario sets it (assumed).
+    prop_confound: float = 0.0
     # --- adaptation effects (calibrated: feedback with clinical support tools for
     # not-on-track cases g = 0.36-0.53, Barkham et al. 2023). Calibrated to the lower end:
     # among flagged clients, the truly best adaptation vs none moves the last PHQ-9 score by
@@ -212,7 +244,7 @@ _SCALARS = (
     "fin_session", "offtrack_tol", "offtrack_rc_session", "offtrack_srs", "prop_floor",
     "prop_z_alliance", "prop_z_motivation", "prop_z_life_events", "prop_z_medication",
     "prop_z_change", "adapt_generic", "adapt_alliance_boost", "adapt_ramp", "max_slots",
-    "b1_sd_client",
+    "b1_sd_client", "alliance_between", "alliance_ref", "prop_confound",
 )
 _ARRAYS = (
     ("traj_prior", N_TRAJ), ("traj_beta", N_TRAJ), ("b0_diag", 3), ("eg_mu", 3),
@@ -323,6 +355,7 @@ def tiny_two_class() -> Params:
         dom_prev=(0.0,) * N_DOM, le_hazard=(0.0, 0.0), miss0=-60.0, drop0=-60.0,
         drop_intake=0.0, drop_after_miss=0.0, fin0=-60.0, fin_recovered=0.0, fin_session=0.0,
         c_alliance_symptom=0.0, c_symptom_alliance=0.0, rho=0.0, week_prob=0.0,
+        alliance_between=0.0,
         adapt_generic=0.0,
         adapt_matched=(0.0,) * 6, adapt_alliance_boost=0.0, max_slots=3,
         intake_window_days=0, drop_age=(0.0,) * 5,
