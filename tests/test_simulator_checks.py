@@ -182,7 +182,8 @@ def test_summary_rows_exist_and_are_finite_on_a_small_cohort():
                  "sudden-gain share, simplified criterion (same n)", "alliance-outcome r"):
         r = rows[name]
         assert isinstance(r.simulated, float) and np.isfinite(r.simulated), name
-        assert not r.tuned, name
+        # the therapist SD is calibrated to the published share (params.py), so that row says so
+        assert r.tuned == name.startswith("therapist share"), name
     te = rows["therapist share of outcome variance, mixed model"]
     assert (te.low, te.high) == (0.03, 0.07)
     ar = rows["alliance-outcome r"]

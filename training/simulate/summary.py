@@ -410,11 +410,11 @@ def summary(sessions: pd.DataFrame, clients: pd.DataFrame, truth: pd.DataFrame |
                    "assumed 3.7 / 1.4 for the conversion", None, None, False, "docs/simulator.md"),
         SummaryRow(f"therapist share of outcome variance, mixed model "
                    f"(n={te['clients']:.0f}, {te['therapists']:.0f} therapists)", te["mixed"],
-                   "about 5% (3-7%)", lo_t, hi_t, False,
+                   "about 5% (3-7%); therapist SD calibrated to it on seed 5", lo_t, hi_t, True,
                    "Johns, Barkham, Kellett & Saxon 2019 (5%); Baldwin & Imel 2013 (VERIFY)"),
         SummaryRow("therapist share: moments / with clinic fixed effects",
                    f"{te['moments']:.1%} / {te['mixed_clinic_fixed']:.1%}",
-                   "cross-checks of the row above", None, None, False, "one-way ANOVA; MixedLM"),
+                   "cross-checks of the row above", None, None, True, "one-way ANOVA; MixedLM"),
         SummaryRow(f"PHQ-9 / GAD-7 change correlation (n={pg['n_change']:.0f})", pg["change_r"],
                    "no published figure found (VERIFY)", None, None, False, ""),
         SummaryRow(f"PHQ-9 / GAD-7 intake correlation (n={pg['n_intake']:.0f})", pg["intake_r"],
