@@ -98,15 +98,24 @@ def simulate(
     format: Annotated[str, typer.Option(help="csv or parquet.")] = "csv",
     oracle_clients: Annotated[int, typer.Option(help="Clients with oracle probabilities.",
                                                 min=0)] = 5000,
+    scenario: Annotated[str, typer.Option(
+        help="Simulated world: default, null-effects, confounded, weak-signal or shifted "
+             "(docs/simulator.md).")] = "default",
 ) -> None:
     """Simulate a cohort in the contract's format, plus truth.csv and a self-check summary."""
     if format not in {"csv", "parquet"}:
         err.print(f"[red]error[/red]: --format must be csv or parquet, not {format!r}")
         raise typer.Exit(2)
+    from training.simulate.scenarios import SCENARIOS
+
+    if scenario not in SCENARIOS:
+        err.print(f"[red]error[/red]: --scenario must be one of {', '.join(SCENARIOS)}, "
+                  f"not {scenario!r}")
+        raise typer.Exit(2)
     from training.simulate.cli import simulate_command
 
     simulate_command(clients=clients, seed=seed, out=out, format=format,
-                     oracle_clients=oracle_clients)
+                     oracle_clients=oracle_clients, scenario=scenario)
 
 
 def _progress():
