@@ -429,7 +429,6 @@ def test_scenarios_are_named_and_written_down(tmp_path):
 def test_confounded_therapists_choose_by_domains_they_did_not_record():
     """In the confounded world the recorded propensities (observables only) no longer
     describe the choices: the matching adaptation is chosen more often than recorded."""
-    from training.simulate.scenarios import scenario
 
     def matched_share(name):
         coh = simulate_cohort(20_000, seed=4, oracle_clients=0, scenario=name)

@@ -552,23 +552,23 @@ def oracle_kernel(P, phq_delta, gad_delta, phq_logg, gad_logg, gexp, gad_gexp, p
                             for e in range(2):
                                 c_ph[key, e] = _week_mix(P, ph_s, eta0 + P[P_LE_ETA] * e,
                                                          phq_logg, gexp)
-                                for l in range(q_e):
-                                    c_ga[key, e, l] = _week_mix(
-                                        P, ga_s, es + egv[node_jb[n], l] + P[P_LE_ETA] * e,
+                                for g in range(q_e):
+                                    c_ga[key, e, g] = _week_mix(
+                                        P, ga_s, es + egv[node_jb[n], g] + P[P_LE_ETA] * e,
                                         gad_logg, gad_gexp)
                             stamp[key] = s
                         es = c_es[key]
                         a0 = math.log(max((1.0 - h) * (1.0 - pm[mot, 0]), 1e-300)) + c_ph[key, 0]
                         a1 = math.log(max(h * (1.0 - pm[mot, 1]), 1e-300)) + c_ph[key, 1]
                         add += srs_ll[(d >> D_ALL) & 1]
-                        for l in range(q_e):
-                            W[n, l] += add + _logsumexp2(a0 + c_ga[key, 0, l],
-                                                         a1 + c_ga[key, 1, l])
+                        for g in range(q_e):
+                            W[n, g] += add + _logsumexp2(a0 + c_ga[key, 0, g],
+                                                         a1 + c_ga[key, 1, g])
                         r_node[n] = phq_eta_hat[ph_s] - es
                     else:
                         add += math.log(max((1.0 - h) * pm[mot, 0] + h * pm[mot, 1], 1e-300))
-                        for l in range(q_e):
-                            W[n, l] += add
+                        for g in range(q_e):
+                            W[n, g] += add
                 if attended:
                     K.update_attended(st, s, ph_s, srs_tot / 10.0, 0.0)
                 else:
@@ -578,8 +578,8 @@ def oracle_kernel(P, phq_delta, gad_delta, phq_logg, gad_logg, gexp, gad_gexp, p
                 mx = -np.inf
                 for n in range(n_nodes):
                     v = -np.inf
-                    for l in range(q_e):
-                        v = _logsumexp2(v, W[n, l])
+                    for g in range(q_e):
+                        v = _logsumexp2(v, W[n, g])
                     wts[n] = v
                     mx = max(mx, v)
                 tot = 0.0
@@ -604,8 +604,8 @@ def oracle_kernel(P, phq_delta, gad_delta, phq_logg, gad_logg, gexp, gad_gexp, p
                         lp[d] = math.log(pr[opt[i]])
                     for n in range(n_nodes):
                         if W[n, 0] > -np.inf:
-                            for l in range(q_e):
-                                W[n, l] += lp[node_d[n]]
+                            for g in range(q_e):
+                                W[n, g] += lp[node_d[n]]
                 st[ST_OPT] = opt[i]
                 st[ST_OPTSLOT] = s
     return out_v, out_se, out_m
