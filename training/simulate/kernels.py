@@ -46,6 +46,7 @@ P_AD_GEN, P_AD_BOOST, P_AD_RAMP = (IDX["adapt_generic"], IDX["adapt_alliance_boo
 P_MAXS = IDX["max_slots"]
 P_B1SD = IDX["b1_sd_client"]
 P_A_BETWEEN, P_A_REF, P_CONF = IDX["alliance_between"], IDX["alliance_ref"], IDX["prop_confound"]
+P_AD_MOTREL, P_AD_LEREL = IDX["adapt_motivation_relief"], IDX["adapt_life_relief"]
 P_TRAJ_PRIOR, P_TRAJ_BETA = IDX["traj_prior"], IDX["traj_beta"]
 P_B0_DIAG, P_EG_MU = IDX["b0_diag"], IDX["eg_mu"]
 P_DOM_PREV, P_DOM_PEN = IDX["dom_prev"], IDX["dom_slope_penalty"]
@@ -304,7 +305,7 @@ def motivation_active(P, d, s, st):
     if bit(d, D_MOT) == 0:
         return 0.0
     if int(st[ST_OPT]) == O_MOTIVATION:
-        return 1.0 - adapt_ramp(P, st, s)
+        return 1.0 - P[P_AD_MOTREL] * adapt_ramp(P, st, s)
     return 1.0
 
 
@@ -312,7 +313,7 @@ def motivation_active(P, d, s, st):
 def p_life_event(P, d, s, st):
     h = P[P_LE_H + bit(d, D_LE)]
     if bit(d, D_LE) == 1 and int(st[ST_OPT]) == O_LIFE:
-        h *= 1.0 - 0.5 * adapt_ramp(P, st, s)
+        h *= 1.0 - P[P_AD_LEREL] * adapt_ramp(P, st, s)
     return h
 
 

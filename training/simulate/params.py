@@ -201,6 +201,11 @@ class Params:
     adapt_matched: tuple[float, ...] = (0.60, 0.60, 0.70, 0.60, 0.90, 0.80)
     adapt_alliance_boost: float = 0.7  # A gain after alliance repair for alliance problems
     adapt_ramp: float = 2.0  # sessions until the full effect
+    # matched effects by other roads (assumed): at the full ramp, work on motivation lifts
+    # this share of a motivation problem's pull on missed sessions and dropout, and attention
+    # to life events lowers the life-event hazard of a client with that domain by this share
+    adapt_motivation_relief: float = 1.0
+    adapt_life_relief: float = 0.5
     # --- clinical-support checklist (CSC, features/instruments.py), given at the decision
     # session; one item per domain (the first five adaptations), rating 0-4 = the latent
     # csc_shift * (has the domain) + N(0, 1) cut at csc_cuts. Assumed accuracy, anchored on a
@@ -245,6 +250,7 @@ _SCALARS = (
     "prop_z_alliance", "prop_z_motivation", "prop_z_life_events", "prop_z_medication",
     "prop_z_change", "adapt_generic", "adapt_alliance_boost", "adapt_ramp", "max_slots",
     "b1_sd_client", "alliance_between", "alliance_ref", "prop_confound",
+    "adapt_motivation_relief", "adapt_life_relief",
 )
 _ARRAYS = (
     ("traj_prior", N_TRAJ), ("traj_beta", N_TRAJ), ("b0_diag", 3), ("eg_mu", 3),
