@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
 from features.change import classify, rc_units
-from features.instruments import REGISTRY, Role, get
+from features.instruments import ADAPTATIONS, REGISTRY, Role, get
 from features.pointintime import point_in_time
 from features.targets import eligible_at_intake
 from models.explain import change_words, group_contributions
@@ -525,7 +525,17 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
     alliance_raw = _latest_alliance(sessions)
     flags = [_flag(policy, rep, int(last[k]), bool(eligible[k]), inst, intake[k],
                    n_scores[k], risk[k], m is not None) for k in range(n)]
-    learned = _learned(m, Xh.iloc[last], colours, flags, eligible)
+    alliances, rules = [], []
+    for k in range(n):
+        r, alliance = risk[k], _alliance(alliance_raw.get(str(ids[k])))
+        alliances.append(alliance)
+        rules.append(rule_suggestions(
+            dict(zip(names_x, values[k], strict=True)), inst, str(colours[k]),
+            None if r is None else r.p_failure, None if r is None else r.p_dropout,
+            saf_list[k].status, flags[k].flagged,
+            alliance_drop=alliance.status in {"drop", "below_cutoff_and_drop"},
+            alliance_below=alliance.status in {"below_cutoff", "below_cutoff_and_drop"}))
+    learned = _learned(m, Xh.iloc[last], colours, flags, eligible, rules)
     out = {}
     for k in range(n):
         cid = str(ids[k])
@@ -533,15 +543,7 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
         colour = str(colours[k])
         r = risk[k]
         fl = flags[k]
-        row = dict(zip(names_x, values[k], strict=True))
-        alliance = _alliance(alliance_raw.get(cid))
-        sugg = rule_suggestions(row, inst, colour, None if r is None else r.p_failure,
-                                None if r is None else r.p_dropout, saf.status,
-                                fl.flagged,
-                                alliance_drop=alliance.status in {"drop",
-                                                                  "below_cutoff_and_drop"},
-                                alliance_below=alliance.status in {"below_cutoff",
-                                                                   "below_cutoff_and_drop"})
+        alliance, sugg = alliances[k], rules[k]
         if not eligible[k] and inst.cutoff is not None:
             notes[k].append(_below_cutoff(inst, intake[k]))
         imp = None if not np.isfinite(rcu[k]) else float(rcu[k] * inst.rci)
@@ -709,9 +711,10 @@ def _flag(policy: FlagPolicy, rep, i: int, eligible: bool, inst, intake: float,
 
 
 def _learned(m, X: pd.DataFrame, colours: np.ndarray, flags: list[Flag],
-             eligible: np.ndarray) -> dict:
+             eligible: np.ndarray, rules: list[list]) -> dict:
     """Learned suggestions for the clients who are not on track (flagged, or red/yellow), in
-    ONE batched call to the recommender; {} when the bundle has none."""
+    ONE batched call to the recommender, each claimed against the rules' top adaptation
+    (``rules``: the rule-based suggestions per client); {} when the bundle has none."""
     rec = getattr(m, "recommender", None) if m is not None else None
     if rec is None:
         return {}
@@ -720,19 +723,26 @@ def _learned(m, X: pd.DataFrame, colours: np.ndarray, flags: list[Flag],
                          & eligible)
     if not len(idx):
         return {}
-    return dict(zip(idx.tolist(), rec.recommend(X.iloc[idx]), strict=True))
+    if not hasattr(rec, "honest_coef_"):  # a recommender fitted before claims existed
+        return dict(zip(idx.tolist(), rec.recommend(X.iloc[idx]), strict=True))
+    versus = [next((g.adaptation for g in rules[i] if g.adaptation in ADAPTATIONS), None)
+              for i in idx.tolist()]
+    return dict(zip(idx.tolist(), rec.recommend(X.iloc[idx], versus=versus), strict=True))
 
 
 def _with_learned(sugg: list, rec, notes: list[str]) -> list[SuggestionOut]:
-    """Crisis prompts always first, then the learned suggestions (observational comparison),
-    then the rule-based ones; when the recommender must fall back, the rules with its reason."""
-    fallback = rec.fallback_reason if rec is not None and not rec.suggestions else None
+    """Crisis prompts always first, then the learned suggestions whose gain the archive
+    supports (``claimed``; observational comparison), then the rule-based ones; when the
+    recommender falls back or claims nothing, the rules with its reason."""
+    shown = [] if rec is None else [s for s in rec.suggestions
+                                    if s.claimed or not np.isfinite(s.claim_gain)]
+    fallback = rec.unclaimed_reason if rec is not None and not shown else None
     out = [SuggestionOut.model_construct(adaptation=g.adaptation, prompt=g.prompt,
                                          rationale=g.rationale, source=g.source)
            for g in sugg if g.adaptation == "safety"]
     learned: dict[str, SuggestionOut] = {}
     if rec is not None:
-        for s in rec.suggestions:
+        for s in shown:
             learned[s.adaptation] = SuggestionOut.model_construct(
                 adaptation=s.adaptation, prompt=s.prompt, rationale=s.rationale,
                 source=SOURCE_LEARNED)

@@ -63,6 +63,12 @@ OPTIONS: tuple[str, ...] = ("none", *ADAPTATIONS)
 #: to be suggested. The issue asks for at least 10.
 MIN_SIMILAR = 10
 Z95 = 1.959963984540054
+#: z of the claims' simultaneous 95 % intervals: Bonferroni over the adaptations, two-sided
+#: (Phi^-1(1 - 0.05 / (2 * 6)) = 2.638): under no personalised gain at all, the chance that any
+#: adaptation's lower bound is above zero for a client is at most 2.5 %.
+CLAIM_Z = 2.638257273476751
+CLAIM_WORDS = "simultaneous 95 % interval over the adaptations, estimated on archived clients " \
+              "held out from choosing the model's terms"
 
 DEFAULT_MATCH_FEATURES: tuple[str, ...] = (
     "session", "intake_severity", "latest_severity", "change_rc", "slope_log",
@@ -107,6 +113,14 @@ class LearnedSuggestion:
     drivers: list[str] = field(default_factory=list)
     method: str = ""
     rank: int = 0  # position among the adaptations by estimated gain for this client (1 = top)
+    # the honest claim (`RLearnerUplift.claims`): the estimated gain in the chance of reliable
+    # improvement over the comparator, with its simultaneous 95 % interval; NaN = no claim made
+    claim_gain: float = float("nan")
+    claim_lower: float = float("nan")
+    claim_upper: float = float("nan")
+    versus: str = ""  # the comparator in words
+    claimed: bool = False  # shown as learned: the interval's lower bound is above zero
+    same_as_rules: bool = False  # the comparator is the rules' top, and it is this adaptation
 
     @property
     def prompt(self) -> str:
@@ -124,8 +138,14 @@ class LearnedSuggestion:
                 f"percentage points [{100 * self.lower:+.0f} to {100 * self.upper:+.0f}], "
                 f"weighted for who received what). The {self.method} ranks it "
                 f"{_ordinal(self.rank)} of the {len(ADAPTATIONS)} adaptations for this client's "
-                "chance of reliable improvement; that estimate has no interval, so it is given "
-                "as a ranking, not a number.")
+                "chance of reliable improvement.")
+        if np.isfinite(self.claim_gain):
+            text += (f" Estimated gain over {self.versus}: "
+                     f"{100 * self.claim_gain:+.0f} percentage points "
+                     f"[{100 * self.claim_lower:+.0f} to {100 * self.claim_upper:+.0f}] "
+                     f"({CLAIM_WORDS}); "
+                     + ("the archive supports it." if self.claimed else
+                        "the archive cannot tell it apart from no gain."))
         if self.drivers:
             text += " What drove it: " + "; ".join(self.drivers) + "."
         return text
@@ -141,6 +161,31 @@ class Recommendation:
     @property
     def top(self) -> str | None:
         return self.suggestions[0].adaptation if self.suggestions else None
+
+    @property
+    def claimed(self) -> list[LearnedSuggestion]:
+        """The suggestions whose gain the archive supports (lower bound above zero)."""
+        return [s for s in self.suggestions if s.claimed]
+
+    @property
+    def unclaimed_reason(self) -> str | None:
+        """Why nothing is shown as learned: the fallback reason, or the top suggestion's
+        interval when it includes zero; None when a suggestion is claimed."""
+        if not self.suggestions:
+            return self.fallback_reason
+        if self.claimed:
+            return None
+        s = self.suggestions[0]
+        if not np.isfinite(s.claim_gain):
+            return None  # an estimator without claims: its ranking stands as before
+        if s.same_as_rules:
+            return (f"the learned ranking agrees with the rule-based suggestion "
+                    f"({LABELS[s.adaptation]}); the rule-based suggestions are shown")
+        return (f"the learned top suggestion ({LABELS[s.adaptation]}) has an estimated gain "
+                f"over {s.versus} of {100 * s.claim_gain:+.0f} percentage points "
+                f"[{100 * s.claim_lower:+.0f} to {100 * s.claim_upper:+.0f}], an interval "
+                "that includes no gain, so the archive it was learned from cannot support it; "
+                "the rule-based suggestions are shown")
 
 
 def _pct(p: float) -> str:
@@ -307,8 +352,10 @@ class _SimilarClients:
         return out
 
     def _rank(self, X: pd.DataFrame, gains: np.ndarray, drivers: list[list[list[str]]] | None,
-              idx: np.ndarray, method: str, top: int | None) -> list[Recommendation]:
+              idx: np.ndarray, method: str, top: int | None,
+              claims: dict[str, np.ndarray] | None = None) -> list[Recommendation]:
         ev = self.evidence(X, idx)
+        C = {k: v.tolist() for k, v in claims.items()} if claims is not None else None
         enough = (ev["n_with"] >= self.min_similar) & (ev["n_without"] >= self.min_similar)
         traits = self._shared_traits(X, idx) if drivers is None else None
         # plain Python lists: indexing NumPy scalars one by one costs more than the ranking
@@ -336,7 +383,11 @@ class _SimilarClients:
                 rate_without=E["rate_without"][i][j],
                 rate_without_ci=(E["without_lo"][i][j], E["without_hi"][i][j]),
                 drivers=traits[i] if drivers is None else drivers[i][j], method=method,
-                rank=order_all[i].index(j) + 1)
+                rank=order_all[i].index(j) + 1,
+                **({} if C is None else {
+                    "claim_gain": C["gain"][i][j], "claim_lower": C["lower"][i][j],
+                    "claim_upper": C["upper"][i][j], "versus": C["versus"][i],
+                    "claimed": C["claimed"][i][j], "same_as_rules": C["same"][i][j]}))
                 for j in order[:top]]
             out.append(Recommendation(items))
         return out
@@ -638,7 +689,151 @@ class RLearnerUplift(_ModelDrivers, BaseEstimator):
         lasso = Lasso(alpha=self.alpha_, fit_intercept=False, max_iter=5000, tol=1e-3).fit(F, r)
         self.coef_ = lasso.coef_.reshape(len(ADAPTATIONS), B1.shape[1])
         self.mean_propensity_ = P[:, 1:].mean(axis=0)
+        self._fit_honest(F, r, B1.shape[1])
+        self.support_ = self._support(X.loc[keep], A)
         return self
+
+    def _support(self, X: pd.DataFrame, A: np.ndarray) -> dict:
+        """What the archive can and cannot support, for the model card: per adaptation, the
+        archived clients who received it and the share of the archive's own decision rows for
+        which its gain over the other adaptations on average is claimed."""
+        c = self.claims(X)
+        return {"decision_rows": int(len(X)), "honest_rows": self.honest_rows_,
+                "interval": CLAIM_WORDS,
+                "adaptations": {a: {"received": int((A == j + 1).sum()),
+                                    "claimed_share": float(c["claimed"][:, j].mean())}
+                                for j, a in enumerate(ADAPTATIONS)},
+                "any_claimed_share": float(c["claimed"].any(axis=1).mean())}
+
+    def support_words(self) -> str:
+        """`support_` in a sentence."""
+        check_is_fitted(self, "support_")
+        s = self.support_
+        parts = [f"{LABELS[a]} {100 * v['claimed_share']:.0f}%"
+                 for a, v in s["adaptations"].items()]
+        return (f"Fitted on {s['decision_rows']:,} archived decision rows; the gains behind "
+                "the claims are estimated on each half of them with the terms chosen on the "
+                f"other half ({s['interval']}). A learned suggestion is shown only where its "
+                "gain's lower bound is above zero; on the archive's own rows the gain over the "
+                "other adaptations on average is claimed for: " + ", ".join(parts)
+                + f" (any: {100 * s['any_claimed_share']:.0f}%). Elsewhere the archive cannot "
+                "tell the adaptations apart for a client and the rule-based suggestions are "
+                "shown.")
+
+    def _fit_honest(self, F: np.ndarray, r: np.ndarray, p: int) -> None:
+        """The effects behind the claims, estimated honestly by sample splitting (as in honest
+        causal forests, Athey & Imbens 2016) and cross-fitted (as in double machine learning,
+        Chernozhukov et al. 2018): the archive's decision rows are split in two at random; on
+        each half in turn the L1 path (penalty by 5-fold cross-validation) chooses the terms,
+        and an unpenalised least-squares fit of the same R-loss on those terms (each
+        adaptation's intercept always kept) on the OTHER half gives coefficients and their
+        heteroscedasticity-robust (HC1) covariance. The two estimates are averaged, their
+        covariances added and quartered (the halves are disjoint). The rows that estimate a
+        coefficient never chose it, so selection neither widens nor narrows the interval."""
+        from sklearn.linear_model import LassoCV
+
+        rng = np.random.default_rng([self.random_state, 29])
+        first = rng.random(len(r)) < 0.5
+        q = len(ADAPTATIONS) * p
+        coef, cov = np.zeros(q), np.zeros((q, q))
+        for choose in (first, ~first):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                sel = LassoCV(fit_intercept=False, cv=5, alphas=30, max_iter=5000, tol=1e-3,
+                              random_state=self.random_state, n_jobs=1).fit(F[choose],
+                                                                            r[choose])
+            keep = sel.coef_ != 0
+            keep[np.arange(len(ADAPTATIONS)) * p] = True  # every adaptation's own intercept
+            cols = np.flatnonzero(keep)
+            G, y = F[~choose][:, cols], r[~choose]
+            bread = np.linalg.pinv(G.T @ G)
+            beta = bread @ (G.T @ y)
+            e = y - G @ beta
+            n, k = G.shape
+            meat = (G * (e * e)[:, None]).T @ G
+            coef[cols] += beta / 2
+            cov[np.ix_(cols, cols)] += bread @ meat @ bread * (n / max(n - k, 1)) / 4
+        used = np.flatnonzero(np.diag(cov) > 0)
+        self.honest_columns_ = used
+        self.honest_coef_ = coef.reshape(len(ADAPTATIONS), p)
+        self.honest_cov_ = cov[np.ix_(used, used)]
+        self.honest_rows_ = int(len(r))
+
+    def claims(self, X: pd.DataFrame, versus: Sequence[str | None] | None = None
+               ) -> dict[str, np.ndarray]:
+        """Per row and adaptation (columns = ADAPTATIONS): the honest estimate of the gain in
+        the chance of reliable improvement over the comparator, its simultaneous 95 % interval
+        (Bonferroni over the adaptations, `CLAIM_Z`) and whether it is claimed (lower bound
+        above zero). The comparator per row is ``versus[i]``, the rules' top adaptation, or,
+        where that is None (no rule fires) or ``versus`` is not given, the average of the other
+        adaptations. The gain is on the probability scale of `gains` (a normal residual model of
+        the improvement), its standard error by the delta method with the level held fixed."""
+        check_is_fitted(self, "honest_coef_")
+        n = len(X)
+        vs = [None] * n if versus is None else list(versus)
+        if len(vs) != n or any(v is not None and v not in ADAPTATIONS for v in vs):
+            raise ValueError("versus must give, per row, an adaptation of ADAPTATIONS or None")
+        step = 1000  # the gradients are (rows, adaptations, terms): bounded memory
+        parts = [self._claims_block(X.iloc[i:i + step], vs[i:i + step])
+                 for i in range(0, max(n, 1), step)]
+        return {key: np.concatenate([q[key] for q in parts]) for key in parts[0]}
+
+    def _claims_block(self, X: pd.DataFrame, vs: list[str | None]) -> dict[str, np.ndarray]:
+        n, k = len(X), len(ADAPTATIONS)
+        W = np.full((n, k, k), 0.0)  # W[i, a, b]: weight of adaptation b in a's contrast
+        for i, v in enumerate(vs):
+            if v is None:
+                W[i] = -(1.0 - np.eye(k)) / (k - 1)
+            else:
+                W[i, :, ADAPTATIONS.index(v)] = -1.0
+            W[i][np.diag_indices(k)] += 1.0
+        B1 = np.column_stack([np.ones(n), self._basis(X)])
+        tau = B1 @ self.honest_coef_.T  # (n, k)
+        if self.target_ == "outcome":
+            slope = np.ones((n, k))
+            level = tau
+        else:
+            m = self.baseline_.booster_.predict(X[list(self.feature_names_)].to_numpy(float))
+            u = ((m - tau @ self.mean_propensity_)[:, None] + tau - 1.0) / self.sigma_
+            level = ndtr(u)
+            slope = np.exp(-0.5 * u * u) / np.sqrt(2 * np.pi) / self.sigma_
+        gain = np.einsum("iab,ib->ia", W, level)
+        # gradient of gain[i, a] in the stacked coefficients (b, f), on the kept columns only
+        Dw = W * slope[:, None, :]  # (n, a, b)
+        grad = (Dw[:, :, :, None] * B1[:, None, None, :]).reshape(n, k, -1)
+        g = grad[:, :, self.honest_columns_]
+        var = np.einsum("iac,cd,iad->ia", g, self.honest_cov_, g)
+        se = np.sqrt(np.maximum(var, 0.0))
+        same = np.zeros((n, k), dtype=bool)
+        for i, v in enumerate(vs):
+            if v is not None:
+                same[i, ADAPTATIONS.index(v)] = True
+        lower, upper = gain - CLAIM_Z * se, gain + CLAIM_Z * se
+        lower[same] = upper[same] = gain[same] = 0.0
+        words = np.array([f"the rule-based suggestion ({LABELS[v]})" if v is not None else
+                          "the other adaptations on average" for v in vs], dtype=object)
+        return {"gain": gain, "lower": lower, "upper": upper, "claimed": lower > 0,
+                "same": same, "versus": words}
+
+    def recommend(self, X: pd.DataFrame, top: int | None = 3,
+                  versus: Sequence[str | None] | None = None) -> list[Recommendation]:
+        """As the other estimators, each suggestion with its honest claim against ``versus``
+        (see `claims`)."""
+        idx = self.neighbours(X)
+        return self._rank(X, self._gains(X, idx), self._drivers(X), idx, self.method_label,
+                          top, claims=self.claims(X, versus))
+
+    def claimed_top(self, X: pd.DataFrame, versus: Sequence[str | None] | None = None
+                    ) -> np.ndarray:
+        """The top adaptation per row where its gain is claimed (as the service shows it);
+        None where nothing is claimed (the caller shows the rules)."""
+        idx = self.neighbours(X)
+        ev = self.evidence(X, idx)
+        ok = ((ev["n_with"] >= self.min_similar) & (ev["n_without"] >= self.min_similar)
+              & self.claims(X, versus)["claimed"])
+        best = np.where(ok, self._gains(X, idx), -np.inf).argmax(axis=1)
+        names = np.array(ADAPTATIONS, dtype=object)[best]
+        return np.where(ok.any(axis=1), names, None)
 
     def _baseline(self) -> LGBMRegressor:
         return _lgbm(self.baseline_estimators, 15, 50, 0.05, self.random_state)

@@ -309,12 +309,16 @@ def test_bundle_serves_learned_suggestions_with_their_comparison(tmp_path):
     sessions = load_cohort(tmp_path / "c").sessions
     out = bundle.assess(sessions[sessions["client_id"].isin(
         sessions["client_id"].drop_duplicates().iloc[:400])])
-    learned = 0
+    learned = unclaimed = 0
     for a in out:
         kinds = [s.source == SOURCE_LEARNED for s in a.suggestions if s.adaptation != "safety"]
         assert kinds == sorted(kinds, reverse=True), "learned before rules"
         codes = [s.adaptation for s in a.suggestions if s.adaptation != "safety"]
         assert len(codes) == len(set(codes))
+        said = " ".join(a.notes)
+        if "cannot support it" in said or "agrees with the rule-based suggestion" in said:
+            unclaimed += 1
+            assert not any(kinds), "nothing shown as learned when nothing is claimed"
         for s in a.suggestions:
             if s.source != SOURCE_LEARNED:
                 continue
@@ -323,7 +327,14 @@ def test_bundle_serves_learned_suggestions_with_their_comparison(tmp_path):
             n_with = int(re.search(r"of the (\d+) who received", s.rationale).group(1))
             assert n_with >= MIN_SIMILAR
             assert re.search(r"\[\d+%–\d+%\]", s.rationale)
-    assert learned > 0
+            # shown as learned only with a claim: the gain's interval above zero
+            lo = int(re.search(r"percentage points \[([+-]\d+) to [+-]\d+\] \(simultaneous",
+                               s.rationale).group(1))
+            assert lo >= 0 and "the archive supports it" in s.rationale
+    assert learned + unclaimed > 0
+    rec = bundle.models["PHQ-9"].recommender
+    assert "learned suggestion is shown only where" in rec.support_words()
+    assert set(rec.support_["adaptations"]) == set(ADAPTATIONS)
 
 
 # ------------------------------------------------------------------------------------------

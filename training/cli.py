@@ -368,12 +368,30 @@ def recommend_eval(
         help="Evaluate on this cohort's own records instead of a simulation (a clinic's "
              "data: doubly robust estimates, no counterfactuals; --clients, "
              "--archive-clients and --checklist do not apply).")] = None,
+    scenario: Annotated[str, typer.Option(
+        help="Simulated world of cohort and archive: default, null-effects, confounded, "
+             "weak-signal or shifted (docs/simulator.md).")] = "default",
+    off_policy: Annotated[bool, typer.Option(
+        help="Also value every policy from the records only (fitted propensities, doubly "
+             "robust) and report its bias against the exact values.")] = False,
     log: Annotated[bool, typer.Option(help="Log an MLflow run.")] = True,
 ) -> None:
     """Policy value of the learned adaptation suggestions against the rules, a random choice
     and the oracle, on a simulated cohort's counterfactual outcomes; or, with --data, on a
     cohort's own records (docs/recommender.md)."""
-    from training.recommend_eval import LEARNED, POLICY_SHORT, evaluate_policies, log_to_mlflow
+    from training.recommend_eval import (
+        CLAIMED,
+        LEARNED,
+        POLICY_SHORT,
+        evaluate_policies,
+        log_to_mlflow,
+    )
+    from training.simulate.scenarios import SCENARIOS
+
+    if scenario not in SCENARIOS:
+        err.print(f"[red]error[/red]: --scenario must be one of {', '.join(SCENARIOS)}, "
+                  f"not {scenario!r}")
+        raise typer.Exit(2)
 
     if data is not None:
         _recommend_eval_on_data(data, seed, folds, log)
@@ -381,6 +399,7 @@ def recommend_eval(
     with _progress() as bar:
         task = bar.add_task("recommend-eval", total=None)
         rep = evaluate_policies(clients, seed, folds, archive_clients, checklist=checklist,
+                                scenario=scenario, off_policy=off_policy,
                                 progress=lambda m: bar.update(task, description=m))
     table = Table(title=f"Top-suggestion policies: {rep.n_flagged:,} flagged of "
                         f"{rep.n_clients:,} simulated clients ({rep.design})")
@@ -400,6 +419,22 @@ def recommend_eval(
                       "against the rules without the checklist)"
                       + (f"; fell back to the rules for {100 * rep.fallback_share[name]:.1f}%"
                          if name in rep.fallback_share else ""))
+    for name in (*LEARNED, CLAIMED):
+        console.print(f"{POLICY_SHORT[name]}: {100 * rep.limit_share(name):.0f}% of the "
+                      "information limit's gain over the rules")
+    console.print(f"claimed (shown as learned): {100 * rep.claim_share:.1f}% of the "
+                  f"{rep.n_flagged:,} flagged clients (scenario {scenario})")
+    if rep.dr:
+        bias = rep.dr_bias()
+        t = Table(title="From the records only (doubly robust, fitted propensities) against "
+                        "the exact values")
+        for col in ("policy", "doubly robust (SE)", "exact", "bias"):
+            t.add_column(col, justify="left" if col == "policy" else "right")
+        exact = rep.params["exact_on_known"]
+        for r in rep.dr:
+            t.add_row(POLICY_SHORT[r.policy], f"{100 * r.value:.2f}% ({100 * r.se:.2f})",
+                      f"{100 * exact[r.policy]:.2f}%", f"{100 * bias[r.policy]:+.2f}")
+        console.print(t)
     if log:
         console.print(f"MLflow run: {log_to_mlflow(rep)}")
 

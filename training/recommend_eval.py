@@ -168,7 +168,12 @@ def build_decision_data(sessions: pd.DataFrame, clients: pd.DataFrame | None,
 # Policy-value evaluation against the simulator's counterfactuals
 # ------------------------------------------------------------------------------------------
 LEARNED = ("neighbours", "uplift_gbm", "r_learner")
+#: What the service shows: the R-learner's suggestion where the archive supports its gain over
+#: the rules (`models.recommender.RLearnerUplift.claims`), the rules otherwise.
+CLAIMED = "r_learner_claimed"
 POLICY_LABELS = {
+    CLAIMED: "R-learner where its gain over the rules is claimed (simultaneous lower bound "
+             "above zero), the rules otherwise (what the service shows)",
     "neighbours": "Nearest-neighbour personalised advantage (learned)",
     "uplift_gbm": "Gradient-boosted uplift (learned)",
     "r_learner": "R-learner, penalised linear effects (learned)",
@@ -187,7 +192,8 @@ POLICY_LABELS = {
 #: Short names for plots.
 POLICY_SHORT = {
     "neighbours": "nearest-neighbour advantage", "uplift_gbm": "gradient-boosted uplift",
-    "r_learner": "R-learner", "rules": "rules (with the checklist)",
+    "r_learner": "R-learner", CLAIMED: "R-learner where claimed, else rules",
+    "rules": "rules (with the checklist)",
     "rules_or_none": "rules, none when silent", "rules_without_checklist":
     "rules without the checklist", "info_limit": "information limit (not a recommender)",
     "random": "random", "observed": "what clients received", "none": "no adaptation",
@@ -294,9 +300,23 @@ class EvaluationReport:
     fallback_share: dict[str, float]
     seconds: float
     params: dict = field(default_factory=dict)
+    claim_share: float = float("nan")  # share of flagged clients with a claimed suggestion
+    dr: list[OffPolicyResult] = field(default_factory=list)  # from the records only, if asked
 
     def result(self, policy: str) -> PolicyResult:
         return next(r for r in self.results if r.policy == policy)
+
+    def limit_share(self, policy: str) -> float:
+        """(value - rules) / (information limit - rules): the share of the information
+        limit's gain over the rules that a policy reaches."""
+        base, lim, mine = (self.result(p).value for p in ("rules", "info_limit", policy))
+        return (mine - base) / (lim - base)
+
+    def dr_bias(self) -> dict[str, float]:
+        """Per policy: doubly robust value from the records minus the exact value on the same
+        clients (empty unless the evaluation was asked for it)."""
+        exact = self.params.get("exact_on_known", {})
+        return {r.policy: r.value - exact[r.policy] for r in self.dr if r.policy in exact}
 
     def gap_closed(self, policy: str, baseline: str = "rules",
                    outcome: str = "reliable_improvement") -> float:
@@ -309,7 +329,8 @@ class EvaluationReport:
 
 def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
                       archive_clients: int = 0, instrument: str = "PHQ-9",
-                      checklist: bool = True,
+                      checklist: bool = True, scenario: str = "default",
+                      off_policy: bool = False,
                       progress: Callable[[str], None] | None = None) -> EvaluationReport:
     """Policy values on a simulated cohort of ``n_clients`` (see the module docstring).
 
@@ -317,14 +338,17 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
     (``n_folds`` folds). ``archive_clients > 0``: they are fitted once on a separate archive
     cohort of that size (seed ``seed + 1000``) and evaluated on every flagged client.
     ``checklist=False``: a service without the clinical-support checklist; its columns are
-    blanked for every policy and model (the same information for all).
+    blanked for every policy and model (the same information for all). ``scenario``: the
+    simulated world of cohort and archive (`training.simulate.scenarios`). ``off_policy``: also
+    value every policy as a clinic would, from the records only (fitted propensities, a
+    cross-fitted outcome model, doubly robust), so that its bias against the exact values shows.
     """
     from training.simulate import simulate_cohort
 
     t0 = time.perf_counter()
     say = progress or (lambda _m: None)
     say(f"simulating {n_clients:,} clients (seed {seed})")
-    cohort = simulate_cohort(n_clients, seed=seed, oracle_clients=0)
+    cohort = simulate_cohort(n_clients, seed=seed, oracle_clients=0, scenario=scenario)
     data = _without_checklist(build_decision_data(
         cohort.sessions, cohort.clients, cohort.adaptations, instrument, truth=cohort.truth,
         seed=seed), not checklist)
@@ -336,7 +360,8 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
     random_pick, rules = picks["random"], picks["rules"]
     if archive_clients > 0:
         say(f"simulating the archive: {archive_clients:,} clients (seed {seed + 1000})")
-        arch = simulate_cohort(archive_clients, seed=seed + 1000, oracle_clients=0)
+        arch = simulate_cohort(archive_clients, seed=seed + 1000, oracle_clients=0,
+                               scenario=scenario)
         train = _without_checklist(build_decision_data(
             arch.sessions, arch.clients, arch.adaptations, instrument, truth=arch.truth,
             seed=seed), not checklist)
@@ -354,7 +379,8 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
         say(f"information limit: fit {f + 1}/{len(splits)}")
         picks["info_limit"][test] = info_limit_top(train.X, e_train, data.X[test], seed)
     learned, fallback_share = learned_picks(data, [(t, m) for t, m, _ in splits], rules, seed,
-                                            say)
+                                            say, versus=picks["rules_or_none"])
+    claim_share = float(fallback_share.pop("claimed"))
     picks.update(learned)
     best = cohort.truth.set_index("client_id")["best_adaptation"].reindex(
         pd.Index(data.client_id)).astype(object).to_numpy()
@@ -366,22 +392,44 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
     rows = np.arange(n)
     base = Y[rows, picks["rules"]]
     results = []
-    for name in ("oracle_best_counterfactual", "oracle", "info_limit", *LEARNED, "rules",
-                 "rules_or_none", "rules_without_checklist", "random", "observed", "none"):
+    for name in ("oracle_best_counterfactual", "oracle", "info_limit", *LEARNED, CLAIMED,
+                 "rules", "rules_or_none", "rules_without_checklist", "random", "observed",
+                 "none"):
         v = Y[rows, picks[name]]
         d = v - base
         hit = (picks[name] == best_idx) | (any_best & (picks[name] >= 1))
         results.append(PolicyResult(name, float(v.mean()), float(hit.mean()), float(d.mean()),
                                     float(d.std(ddof=1) / np.sqrt(n)), n,
                                     float(Ys["recovery"][rows, picks[name]].mean())))
+    params = {"clients": n_clients, "seed": seed, "folds": n_folds,
+              "archive_clients": archive_clients, "instrument": instrument,
+              "checklist": checklist, "scenario": scenario,
+              "outcome": "reliably improved (and reliably recovered), "
+                         "intake to last observed score",
+              "propensities": data.propensity_source}
+    dr: list[OffPolicyResult] = []
+    if off_policy:
+        say("doubly robust values from the records only")
+        dr, params["exact_on_known"] = _records_only_values(data, picks, Y, seed, n_folds)
     return EvaluationReport(results, n_clients, n, design, fallback_share,
-                            time.perf_counter() - t0,
-                            {"clients": n_clients, "seed": seed, "folds": n_folds,
-                             "archive_clients": archive_clients, "instrument": instrument,
-                             "checklist": checklist,
-                             "outcome": "reliably improved (and reliably recovered), "
-                                        "intake to last observed score",
-                             "propensities": data.propensity_source})
+                            time.perf_counter() - t0, params, claim_share, dr)
+
+
+def _records_only_values(data: DecisionData, picks: dict[str, np.ndarray], Y: np.ndarray,
+                         seed: int, n_folds: int) -> tuple[list[OffPolicyResult],
+                                                           dict[str, float]]:
+    """Each policy valued as `evaluate_cohort` values a clinic's data: propensities fitted on
+    the records (`models.recommender.PropensityModel`), a cross-fitted outcome model, doubly
+    robust scores; beside it the exact value (counterfactual outcomes) on the same clients."""
+    fitted = PropensityModel(random_state=seed).fit(data.X, data.treatment)
+    obs = replace(data, propensity=fitted.predict_proba(data.X), propensity_source="fitted")
+    fold = np.random.default_rng([seed, 13]).integers(0, n_folds, size=len(obs))
+    mu = outcome_model(obs, fold, seed)
+    policies = (*LEARNED, CLAIMED, "rules", "rules_or_none", "random", "observed", "none")
+    known = np.isfinite(obs.outcome)
+    rows = np.flatnonzero(known)
+    exact = {p: float(Y[rows, picks[p][known]].mean()) for p in policies}
+    return off_policy_values(obs, picks, mu, policies), exact
 
 
 def baseline_picks(data: DecisionData, seed: int) -> dict[str, np.ndarray]:
@@ -399,23 +447,39 @@ def baseline_picks(data: DecisionData, seed: int) -> dict[str, np.ndarray]:
 
 
 def learned_picks(data: DecisionData, splits: list[tuple[DecisionData, np.ndarray]],
-                  rules: np.ndarray, seed: int, say: Callable[[str], None]
+                  rules: np.ndarray, seed: int, say: Callable[[str], None],
+                  versus: np.ndarray | None = None
                   ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Each learned recommender's top adaptation for every row of ``data``, fitted per split
     ``(training rows, mask of the rows of data it chooses for)``; where a recommender falls
-    back, the rules' choice. Also the share of rows that fell back."""
+    back, the rules' choice. Also the share of rows that fell back, and (``"claimed"``) the
+    share where the R-learner's gain over ``versus`` (indexes into OPTIONS of the rules' top,
+    0 where no rule fires; default ``rules``) is claimed: the `CLAIMED` policy."""
     n = len(data)
-    picks = {name: np.zeros(n, dtype=np.int64) for name in LEARNED}
+    picks = {name: np.zeros(n, dtype=np.int64) for name in (*LEARNED, CLAIMED)}
     fallback = dict.fromkeys(LEARNED, 0.0)
+    fallback["claimed"] = 0.0
+    vs = rules if versus is None else versus
+    names = np.array([None, *OPTIONS[1:]], dtype=object)
     for name in LEARNED:
         for f, (train, test) in enumerate(splits):
             say(f"{name}: fit {f + 1}/{len(splits)}")
-            top = fit_recommender(name, train, seed).top_adaptation(data.X[test])
-            none = np.array([t is None for t in top])
-            chosen = np.array([0 if t is None else OPTIONS.index(t) for t in top])
-            picks[name][test] = np.where(none, rules[test], chosen)
-            fallback[name] += float(none.sum()) / n
+            model = fit_recommender(name, train, seed)
+            top = model.top_adaptation(data.X[test])
+            picks[name][test] = _or_rules(top, rules[test])
+            fallback[name] += float(sum(t is None for t in top)) / n
+            if name == "r_learner":
+                claimed = model.claimed_top(data.X[test], versus=names[vs[test]].tolist())
+                picks[CLAIMED][test] = _or_rules(claimed, rules[test])
+                fallback["claimed"] += float(sum(t is not None for t in claimed)) / n
     return picks, fallback
+
+
+def _or_rules(top: np.ndarray, rules: np.ndarray) -> np.ndarray:
+    """Indexes into OPTIONS of ``top`` (adaptation names), the rules' choice where None."""
+    return np.array([r if t is None else OPTIONS.index(t) for t, r in zip(top, rules,
+                                                                         strict=True)],
+                    dtype=np.int64)
 
 
 def _without_checklist(data: DecisionData, blank: bool) -> DecisionData:
@@ -464,7 +528,7 @@ def log_to_mlflow(report: EvaluationReport) -> str:
     with mlflow.start_run(run_name="recommend-eval") as run:
         mlflow.set_tags({"kind": "recommender-evaluation", "git_commit": git_commit(),
                          "design": report.design})
-        mlflow.log_params(report.params)
+        mlflow.log_params({k: v for k, v in report.params.items() if k != "exact_on_known"})
         for r in report.results:
             mlflow.log_metric(f"policy_value_{r.policy}", r.value)
             mlflow.log_metric(f"policy_value_recovery_{r.policy}", r.recovery)
@@ -478,6 +542,11 @@ def log_to_mlflow(report: EvaluationReport) -> str:
                               report.gap_closed(name, "rules_without_checklist"))
         for name in LEARNED:
             mlflow.log_metric(f"fallback_share_{name}", report.fallback_share[name])
+        for name in (*LEARNED, CLAIMED):
+            mlflow.log_metric(f"information_limit_share_{name}", report.limit_share(name))
+        mlflow.log_metric("claim_share_r_learner", report.claim_share)
+        for name, bias in report.dr_bias().items():
+            mlflow.log_metric(f"dr_bias_{name}", bias)
         mlflow.log_metric("n_flagged", report.n_flagged)
         mlflow.log_table(pd.DataFrame([{
             "policy": r.policy, "label": POLICY_LABELS.get(r.policy, r.policy),
@@ -498,7 +567,7 @@ def log_to_mlflow(report: EvaluationReport) -> str:
 # Off-policy evaluation on a cohort without counterfactuals (a clinic's own data)
 # ------------------------------------------------------------------------------------------
 #: Policies valued on real data (no oracle there).
-REAL_POLICIES = (*LEARNED, "rules", "rules_or_none", "random", "observed", "none")
+REAL_POLICIES = (*LEARNED, CLAIMED, "rules", "rules_or_none", "random", "observed", "none")
 
 
 @dataclass
@@ -611,7 +680,9 @@ def evaluate_cohort(sessions: pd.DataFrame, clients: pd.DataFrame | None,
     fold = np.random.default_rng([seed, 11]).integers(0, n_folds, size=n)
     picks = baseline_picks(data, seed)
     splits = [(data.subset(fold != f), fold == f) for f in range(n_folds)]
-    learned, fallback = learned_picks(data, splits, picks["rules"], seed, say)
+    learned, fallback = learned_picks(data, splits, picks["rules"], seed, say,
+                                      versus=picks["rules_or_none"])
+    fallback.pop("claimed")
     picks.update(learned)
     say("outcome model (cross-fitted)")
     mu = outcome_model(data, fold, seed)

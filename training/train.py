@@ -130,7 +130,12 @@ def _model_card(reports: dict[str, InstrumentReport], models: dict, provenance: 
                 "held_out_summary": None if r.flags is None else r.flags.summary,
             }
     population = {inst: m.population.__dict__ for inst, m in models.items()}
+    learned = {inst: {**m.recommender.support_, "summary": m.recommender.support_words()}
+               for inst, m in models.items()
+               if getattr(m, "recommender", None) is not None
+               and hasattr(m.recommender, "support_")}
     return {
+        "learned_suggestions": learned or "none: the rule-based suggestions only",
         "name": MODEL_NAME,
         "intended_use": (
             "Decision support for therapists using routine outcome monitoring: flags adult "
