@@ -47,6 +47,7 @@ P_MAXS = IDX["max_slots"]
 P_B1SD = IDX["b1_sd_client"]
 P_A_BETWEEN, P_A_REF, P_CONF = IDX["alliance_between"], IDX["alliance_ref"], IDX["prop_confound"]
 P_AD_MOTREL, P_AD_LEREL = IDX["adapt_motivation_relief"], IDX["adapt_life_relief"]
+P_AD_HALT = IDX["adapt_alliance_halt"]
 P_TRAJ_PRIOR, P_TRAJ_BETA = IDX["traj_prior"], IDX["traj_beta"]
 P_B0_DIAG, P_EG_MU = IDX["b0_diag"], IDX["eg_mu"]
 P_DOM_PREV, P_DOM_PEN = IDX["dom_prev"], IDX["dom_slope_penalty"]
@@ -292,7 +293,9 @@ def alliance(P, d_all, s, st):
     if d_all == 1:
         ramp = adapt_ramp(P, st, s)
         if ramp > 0 and int(st[ST_OPT]) == O_ALLIANCE:
-            a -= P[P_DRIFT] * math.log(st[ST_OPTSLOT]) - P[P_AD_BOOST] * ramp
+            h = P[P_AD_HALT]  # share of the drift that alliance repair halts
+            a -= (P[P_DRIFT] * ((1.0 - h) * math.log(s) + h * math.log(st[ST_OPTSLOT]))
+                  - P[P_AD_BOOST] * ramp)
         else:
             a -= P[P_DRIFT] * math.log(s)
     # symptoms at the last attended session, within-person (vs the running person mean)

@@ -206,6 +206,8 @@ class Params:
     # to life events lowers the life-event hazard of a client with that domain by this share
     adapt_motivation_relief: float = 1.0
     adapt_life_relief: float = 0.5
+    # and alliance repair halts this share of an alliance problem's drift from its session on
+    adapt_alliance_halt: float = 1.0
     # --- clinical-support checklist (CSC, features/instruments.py), given at the decision
     # session; one item per domain (the first five adaptations), rating 0-4 = the latent
     # csc_shift * (has the domain) + N(0, 1) cut at csc_cuts. Assumed accuracy, anchored on a
@@ -250,7 +252,7 @@ _SCALARS = (
     "prop_z_alliance", "prop_z_motivation", "prop_z_life_events", "prop_z_medication",
     "prop_z_change", "adapt_generic", "adapt_alliance_boost", "adapt_ramp", "max_slots",
     "b1_sd_client", "alliance_between", "alliance_ref", "prop_confound",
-    "adapt_motivation_relief", "adapt_life_relief",
+    "adapt_motivation_relief", "adapt_life_relief", "adapt_alliance_halt",
 )
 _ARRAYS = (
     ("traj_prior", N_TRAJ), ("traj_beta", N_TRAJ), ("b0_diag", 3), ("eg_mu", 3),

@@ -7,7 +7,8 @@ estimates of any clinic:
 * ``default``: `params.DEFAULT`.
 * ``null-effects``: no adaptation matches a problem domain better than another: the matched
   effects on the symptom course are zero, and so are the matched effects by other roads (the
-  lift alliance repair gives the alliance of a client with an alliance problem, the relief work
+  lift alliance repair gives the alliance of a client with an alliance problem and the halt it
+  puts to that alliance's drift, the relief work
   on motivation gives a motivation problem's missed sessions and dropout, the fall in life
   events that attention to them brings); every adaptation keeps the generic effect. A
   recommender that claims a personalised gain here is reading noise.
@@ -31,14 +32,15 @@ def _scaled_effects(p: Params, f: float) -> Params:
                    adapt_matched=tuple(m * f for m in p.adapt_matched),
                    adapt_alliance_boost=p.adapt_alliance_boost * f,
                    adapt_motivation_relief=p.adapt_motivation_relief * f,
-                   adapt_life_relief=p.adapt_life_relief * f)
+                   adapt_life_relief=p.adapt_life_relief * f,
+                   adapt_alliance_halt=p.adapt_alliance_halt * f)
 
 
 SCENARIOS: dict[str, Params] = {
     "default": DEFAULT,
     "null-effects": DEFAULT.with_(adapt_matched=(0.0,) * len(DEFAULT.adapt_matched),
                                   adapt_alliance_boost=0.0, adapt_motivation_relief=0.0,
-                                  adapt_life_relief=0.0),
+                                  adapt_life_relief=0.0, adapt_alliance_halt=0.0),
     "confounded": DEFAULT.with_(prop_confound=1.2),
     "weak-signal": _scaled_effects(DEFAULT, 0.5),
     "shifted": DEFAULT.with_(diag_probs=(0.50, 0.25, 0.25),
