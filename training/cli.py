@@ -411,16 +411,19 @@ def recommend_eval(
                       f"{100 * r.diff_vs_rules:+.2f} ({100 * r.diff_se:.2f})",
                       f"{100 * r.recovery:.2f}%", f"{100 * r.top_is_best:.1f}%")
     console.print(table)
+    def pct(x: float) -> str:
+        return "n/a (no gap)" if x != x else f"{100 * x:.0f}%"
+
     for name in (*LEARNED, "info_limit"):
-        console.print(f"{name}: {100 * rep.gap_closed(name):.0f}% of the rules-to-oracle gap "
-                      f"closed ({100 * rep.gap_closed(name, outcome='recovery'):.0f}% on "
+        console.print(f"{name}: {pct(rep.gap_closed(name))} of the rules-to-oracle gap "
+                      f"closed ({pct(rep.gap_closed(name, outcome='recovery'))} on "
                       "recovery; "
-                      f"{100 * rep.gap_closed(name, 'rules_without_checklist'):.0f}% "
+                      f"{pct(rep.gap_closed(name, 'rules_without_checklist'))} "
                       "against the rules without the checklist)"
                       + (f"; fell back to the rules for {100 * rep.fallback_share[name]:.1f}%"
                          if name in rep.fallback_share else ""))
     for name in (*LEARNED, CLAIMED):
-        console.print(f"{POLICY_SHORT[name]}: {100 * rep.limit_share(name):.0f}% of the "
+        console.print(f"{POLICY_SHORT[name]}: {pct(rep.limit_share(name))} of the "
                       "information limit's gain over the rules")
     console.print(f"claimed (shown as learned): {100 * rep.claim_share:.1f}% of the "
                   f"{rep.n_flagged:,} flagged clients (scenario {scenario})")

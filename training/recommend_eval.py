@@ -1,4 +1,4 @@
-"""The recommender's decision dataset and its policy-value evaluation (GitHub issue 7).
+"""The recommender's decision dataset and its policy-value evaluation.
 
 Decision dataset (the same code for simulated and real cohorts): for each client who went off
 track, the *decision session*, the features as of it (`features.pointintime.point_in_time` on
@@ -242,7 +242,7 @@ def rule_top(X: pd.DataFrame, instrument: str, fallback: np.ndarray | None = Non
 
 
 #: The outcomes a policy is valued on: reliable improvement (what the recommenders rank by)
-#: and reliable recovery (the issue's "recovery rate": reliable improvement that also leaves
+#: and reliable recovery (the "recovery rate": reliable improvement that also leaves
 #: the clinical range, Jacobson & Truax 1991; `features.change.classify`).
 OUTCOMES = ("reliable_improvement", "recovery")
 
@@ -310,7 +310,7 @@ class EvaluationReport:
         """(value - rules) / (information limit - rules): the share of the information
         limit's gain over the rules that a policy reaches."""
         base, lim, mine = (self.result(p).value for p in ("rules", "info_limit", policy))
-        return (mine - base) / (lim - base)
+        return _share(mine - base, lim - base)
 
     def dr_bias(self) -> dict[str, float]:
         """Per policy: doubly robust value from the records minus the exact value on the same
@@ -324,7 +324,13 @@ class EvaluationReport:
         is the rules by default."""
         key = "value" if outcome == "reliable_improvement" else outcome
         base, oracle, mine = (getattr(self.result(p), key) for p in (baseline, "oracle", policy))
-        return (mine - base) / (oracle - base)
+        return _share(mine - base, oracle - base)
+
+
+def _share(part: float, whole: float) -> float:
+    """part / whole; NaN when there is nothing to share (a world where every option gives the
+    same outcome, e.g. the null-effects scenario)."""
+    return part / whole if whole != 0 else float("nan")
 
 
 def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
@@ -358,6 +364,9 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
     Y = Ys["reliable_improvement"]
     picks = baseline_picks(data, seed)
     random_pick, rules = picks["random"], picks["rules"]
+    # the recommenders' folds (within the cohort); the records-only outcome model uses them too,
+    # so that it is never fitted on the rows that chose a client's pick
+    fold = np.random.default_rng([seed, 11]).integers(0, n_folds, size=n)
     if archive_clients > 0:
         say(f"simulating the archive: {archive_clients:,} clients (seed {seed + 1000})")
         arch = simulate_cohort(archive_clients, seed=seed + 1000, oracle_clients=0,
@@ -369,7 +378,6 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
         design = (f"fitted on a separate archive of {archive_clients:,} simulated clients "
                   f"({len(train):,} decision rows), evaluated on all {n:,} flagged clients")
     else:
-        fold = np.random.default_rng([seed, 11]).integers(0, n_folds, size=n)
         effects = true_effects(cohort, data)
         splits = [(data.subset(fold != f), fold == f, effects[fold != f])
                   for f in range(n_folds)]
@@ -410,20 +418,20 @@ def evaluate_policies(n_clients: int = 20_000, seed: int = 1, n_folds: int = 5,
     dr: list[OffPolicyResult] = []
     if off_policy:
         say("doubly robust values from the records only")
-        dr, params["exact_on_known"] = _records_only_values(data, picks, Y, seed, n_folds)
+        dr, params["exact_on_known"] = _records_only_values(data, picks, Y, seed, fold)
     return EvaluationReport(results, n_clients, n, design, fallback_share,
                             time.perf_counter() - t0, params, claim_share, dr)
 
 
 def _records_only_values(data: DecisionData, picks: dict[str, np.ndarray], Y: np.ndarray,
-                         seed: int, n_folds: int) -> tuple[list[OffPolicyResult],
+                         seed: int, fold: np.ndarray) -> tuple[list[OffPolicyResult],
                                                            dict[str, float]]:
     """Each policy valued as `evaluate_cohort` values a clinic's data: propensities fitted on
-    the records (`models.recommender.PropensityModel`), a cross-fitted outcome model, doubly
-    robust scores; beside it the exact value (counterfactual outcomes) on the same clients."""
+    the records (`models.recommender.PropensityModel`), an outcome model cross-fitted on
+    ``fold`` (the recommenders' folds), doubly robust scores; beside it the exact value
+    (counterfactual outcomes) on the same clients."""
     fitted = PropensityModel(random_state=seed).fit(data.X, data.treatment)
     obs = replace(data, propensity=fitted.predict_proba(data.X), propensity_source="fitted")
-    fold = np.random.default_rng([seed, 13]).integers(0, n_folds, size=len(obs))
     mu = outcome_model(obs, fold, seed)
     policies = (*LEARNED, CLAIMED, "rules", "rules_or_none", "random", "observed", "none")
     known = np.isfinite(obs.outcome)

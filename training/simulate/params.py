@@ -26,7 +26,7 @@ from features.instruments import ADAPTATIONS
 
 #: Version of the generative model. Figures in the docs name the version that produced them;
 #: a change to the equations or a default parameter bumps it (docs/simulator.md, "Versions").
-SIMULATOR_VERSION = "2.0"
+SIMULATOR_VERSION = "2.0.1"
 
 # ------------------------------------------------------------------------------------------
 # Fixed structure (not parameters)
