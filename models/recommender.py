@@ -1,4 +1,4 @@
-"""Learned adaptation suggestions for a client who is not on track (GitHub issue 7).
+"""Learned adaptation suggestions for a client who is not on track.
 
 Two estimators, both scikit-learn style (``__init__`` stores arguments, ``fit`` learns, fitted
 attributes end in ``_``), both fitted on the *decision rows* of archived clients (one row per
@@ -60,7 +60,7 @@ from models.suggestions import PROMPTS as RULE_PROMPTS
 #: Options at a decision point: no adaptation + the contract's adaptation codes.
 OPTIONS: tuple[str, ...] = ("none", *ADAPTATIONS)
 #: Fewest similar archived clients who received (and who did not receive) an adaptation for it
-#: to be suggested. The issue asks for at least 10.
+#: to be suggested. An OnTrack heuristic: at least 10.
 MIN_SIMILAR = 10
 Z95 = 1.959963984540054
 #: z of the claims' simultaneous 95 % intervals: Bonferroni over the adaptations, two-sided

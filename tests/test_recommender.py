@@ -1,4 +1,4 @@
-"""Learned adaptation suggestions (GitHub issue 7): the minimum of similar cases, determinism,
+"""Learned adaptation suggestions: the minimum of similar cases, determinism,
 the fallback to the rules with a stated reason, the decision dataset, the policy evaluation."""
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def null_world():
 
 def test_claims_are_rare_where_nothing_is_personal(null_world):
     """No personalised gain exists: the simultaneous interval may exclude zero for at most
-    2.5 % of clients by design; the issue's bound is 5 %, checked on new clients against the
+    2.5 % of clients by design; the required bound is 5 %, checked on new clients against the
     rules and against the other adaptations on average."""
     model, new = null_world
     for versus in (_rules(new), None):

@@ -1,4 +1,4 @@
-"""Cohort simulator with a Bayes oracle (GitHub issue 3). See docs/simulator.md.
+"""Cohort simulator with a Bayes oracle. See docs/simulator.md.
 
     from training.simulate import simulate_cohort, summary, counterfactual_outcomes
     cohort = simulate_cohort(10_000, seed=1, oracle_clients=500)
