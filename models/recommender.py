@@ -65,7 +65,8 @@ MIN_SIMILAR = 10
 Z95 = 1.959963984540054
 #: z of the claims' simultaneous 95 % intervals: Bonferroni over the adaptations, two-sided
 #: (Phi^-1(1 - 0.05 / (2 * 6)) = 2.638): under no personalised gain at all, the chance that any
-#: adaptation's lower bound is above zero for a client is at most 2.5 %.
+#: adaptation's lower bound is above zero for a client is at most 2.5 %. The 95 % level is an
+#: OnTrack choice (the usual one), not a clinical threshold from a source.
 CLAIM_Z = 2.638257273476751
 CLAIM_WORDS = "simultaneous 95 % interval over the adaptations, estimated on archived clients " \
               "held out from choosing the model's terms"
