@@ -699,8 +699,7 @@ class RLearnerUplift(_ModelDrivers, BaseEstimator):
         archived clients who received it and the share of the archive's own decision rows for
         which its gain over the other adaptations on average is claimed."""
         c = self.claims(X)
-        return {"decision_rows": int(len(X)), "honest_rows": self.honest_rows_,
-                "interval": CLAIM_WORDS,
+        return {"decision_rows": int(len(X)), "interval": CLAIM_WORDS,
                 "adaptations": {a: {"received": int((A == j + 1).sum()),
                                     "claimed_share": float(c["claimed"][:, j].mean())}
                                 for j, a in enumerate(ADAPTATIONS)},
@@ -758,7 +757,6 @@ class RLearnerUplift(_ModelDrivers, BaseEstimator):
         self.honest_columns_ = used
         self.honest_coef_ = coef.reshape(len(ADAPTATIONS), p)
         self.honest_cov_ = cov[np.ix_(used, used)]
-        self.honest_rows_ = int(len(r))
 
     def claims(self, X: pd.DataFrame, versus: Sequence[str | None] | None = None
                ) -> dict[str, np.ndarray]:
