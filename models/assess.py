@@ -459,7 +459,7 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
         policy = getattr(m, "flag_policy", None) or RULES_ONLY
         if budget is not None:
             policy = policy.for_budget(budget)
-        med_h, bnd_h, src_h, nav = _expected_rows(m, sessions, instrument, ids, code,
+        med_h, bnd_h, src_h, nav = _expected_rows(m, _session_one(hist), ids, code,
                                                   colh["intake_score"], colh["session"])
         ahead = session[:, None] + np.arange(1, horizon + 1)[None, :]
         cm, cl, cu, cb = m.expected.expected(np.repeat(intake[:, None], horizon, axis=1),
@@ -594,17 +594,26 @@ def _eligible(sessions: pd.DataFrame, inst, target: str, intake: np.ndarray,
                               if target == "failed_nhs" else None)
 
 
-def _expected_rows(m, sessions, instrument, ids, code, intake_h, session_h, exclude=None):
+def _session_one(hist):
+    """The intake rows (session 1) of feature rows as of every assessed session: the same
+    rows `point_in_time` makes with ``at=(1,)``."""
+    from features.pointintime import FeatureFrame
+
+    one = np.flatnonzero(hist.keys["session"].to_numpy(dtype=np.int64) == 1)
+    return FeatureFrame(X=hist.X.iloc[one], keys=hist.keys.iloc[one])
+
+
+def _expected_rows(m, at1, ids, code, intake_h, session_h, exclude=None):
     """The expected course at each history row's own session: the neighbours' course matched
-    at intake where it exists, the expected-response curve elsewhere. Returns (median,
-    boundary, source per row, the navigator's course per client or None). ``exclude``: the
-    navigator's reference ids (sorted), so that a training client is never its own
-    neighbour."""
+    at intake where it exists, the expected-response curve elsewhere. ``at1``: the feature
+    rows as of session 1 (`_session_one`). Returns (median, boundary, source
+    per row, the navigator's course per client or None). ``exclude``: the navigator's
+    reference ids (sorted), so that a training client is never its own neighbour."""
     med_h, _, _, bnd_h = m.expected.expected(intake_h, session_h)
     src_h = np.where(np.isfinite(bnd_h), "expected_response", "none").astype(object)
     nav = None
     if m.navigator is not None:
-        nav = _intake_course(m.navigator, sessions, instrument, ids, exclude)
+        nav = _intake_course(m.navigator, at1, ids, exclude)
         S = m.navigator.max_session
         s_idx = np.clip(np.nan_to_num(session_h, nan=1).astype(int), 1, S) - 1
         has = np.isfinite(nav["boundary"][code, s_idx])
@@ -639,10 +648,12 @@ def policy_history(m, sessions: pd.DataFrame, instrument: str, at=None,
     (client_id, session), aligned."""
     inst = get(instrument)
     hist, code, first, _, ids = _rows_by_client(sessions, instrument, at)
+    at1 = (_session_one(hist) if at is None or 1 in set(at)
+           else point_in_time(sessions, instrument=instrument, at=(1,)))
     colh = {c: hist.X[c].to_numpy(dtype=float) for c in hist.X.columns}
     eligible = _eligible(sessions, inst, getattr(m, "target", "failed"),
                          colh["intake_score"][first], ids)
-    med_h, bnd_h, _, _ = _expected_rows(m, sessions, instrument, ids, code,
+    med_h, bnd_h, _, _ = _expected_rows(m, at1, ids, code,
                                         colh["intake_score"], colh["session"], exclude)
     p_h = 1.0 / (1.0 + np.exp(-m.failure.logit_from_matrix(
         m.failure.transform_features(hist.X))))
@@ -765,18 +776,18 @@ def _with_learned(sugg: list, rec, notes: list[str]) -> list[SuggestionOut]:
                                                  rationale=why, source=g.source))
     return out
 
-def _intake_course(navigator, sessions: pd.DataFrame, instrument: str, ids: np.ndarray,
+def _intake_course(navigator, at1, ids: np.ndarray,
                    exclude: pd.Index | None = None) -> dict[str, np.ndarray]:
     """The neighbours' expected course for each client, matched on what was known at intake
     (Lutz et al. 2005: similar clients at the START of treatment), so that a client who has
     not improved is compared with clients who started like them, not with clients who also
     did not improve. NaN rows for clients without an intake score. ``exclude``: the
-    reference's sorted ids (training: a client is never its own neighbour)."""
-    at1 = point_in_time(sessions, instrument=instrument, at=(1,))
-    excl = (None if exclude is None
-            else exclude.get_indexer(pd.Index(at1.keys["client_id"].to_numpy(dtype=object))))
+    reference's sorted ids (training: a client is never its own neighbour). ``at1``: the
+    feature rows as of session 1."""
+    at1_ids = at1.keys["client_id"].to_numpy(dtype=object)
+    excl = None if exclude is None else exclude.get_indexer(pd.Index(at1_ids))
     course = navigator.expected_course(at1.X, exclude=excl)
-    pos = pd.Index(at1.keys["client_id"]).get_indexer(pd.Index(ids))
+    pos = pd.Index(at1_ids).get_indexer(pd.Index(ids))
     out = {}
     for key, val in course.items():
         full = np.full((len(ids), val.shape[1]), np.nan)

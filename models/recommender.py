@@ -254,6 +254,51 @@ def _codes(treatment) -> np.ndarray:
     return t.astype(np.int64)
 
 
+class _Query:
+    """One call's query rows, each conversion made once: the frame's columns as a float matrix
+    (and the arrays derived from it, such as the basis and the baseline's predictions), shared
+    by the neighbours, the gains, the claims and the wording of one `recommend` call. Every
+    method that takes a frame takes one of these too."""
+
+    __slots__ = ("frame", "cache", "_full", "_pos")
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self.cache: dict = {}
+        self._full: np.ndarray | bool | None = None
+        self._pos = {c: j for j, c in enumerate(frame.columns)}
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def matrix(self, names: Sequence[str]) -> np.ndarray:
+        """``frame[names].to_numpy(float)``, from one conversion of the whole frame."""
+        key = ("matrix", tuple(names))
+        if key not in self.cache:
+            if self._full is None:
+                try:
+                    self._full = self.frame.to_numpy(float)
+                except (TypeError, ValueError):  # a column that is not numeric: select first
+                    self._full = False
+            if self._full is not False and all(n in self._pos for n in names):
+                self.cache[key] = self._full[:, [self._pos[n] for n in names]]
+            else:  # a missing column raises the frame's own error
+                self.cache[key] = self.frame[list(names)].to_numpy(float)
+        return self.cache[key]
+
+    def records(self, names: Sequence[str]) -> list[dict[str, float]]:
+        """``frame[names].to_dict("records")`` from the matrix."""
+        names = list(names)
+        return [dict(zip(names, row, strict=True)) for row in self.matrix(names).tolist()]
+
+    def rows(self, start: int, stop: int) -> _Query:
+        return _Query(self.frame.iloc[start:stop])
+
+
+def _query(X) -> _Query:
+    return X if isinstance(X, _Query) else _Query(X)
+
+
 class _SimilarClients:
     """Neighbour index over the archived decision rows and the per-adaptation comparison."""
 
@@ -287,7 +332,7 @@ class _SimilarClients:
             for a in range(1, len(OPTIONS))])
 
     def _standardised(self, X: pd.DataFrame) -> np.ndarray:
-        Z = (X[list(self.match_features_)].to_numpy(float) - self.mean_) / self.scale_
+        Z = (_query(X).matrix(self.match_features_) - self.mean_) / self.scale_
         return np.where(np.isfinite(Z), Z, 0.0)  # missing -> the mean
 
     @staticmethod
@@ -335,7 +380,7 @@ class _SimilarClients:
         in clinical words."""
         Zq = self._standardised(X)
         inst = get(self.instrument)
-        rows = X[list(self.match_features_)].to_dict("records")
+        rows = _query(X).records(self.match_features_)
         out = []
         for i, row in enumerate(rows):
             order = np.argsort(-np.abs(Zq[i]), kind="stable")
@@ -476,7 +521,7 @@ class _ModelDrivers(_SimilarClients):
         """Per row and adaptation: the ``top`` largest contributions (at least ``floor``, never
         zero) of ``contributions[j]`` (rows x ``names``) in clinical words."""
         inst = get(self.instrument)
-        rows = X[list(self.feature_names_)].to_dict("records")
+        rows = _query(X).records(self.feature_names_)
         out = [[[] for _ in ADAPTATIONS] for _ in range(len(X))]
         for j, C in enumerate(contributions):
             for i, row in enumerate(rows):
@@ -632,7 +677,7 @@ class RLearnerUplift(_ModelDrivers, BaseEstimator):
         self.random_state = random_state
 
     def _raw_basis(self, X: pd.DataFrame) -> np.ndarray:
-        M = X[list(self.feature_names_)].to_numpy(float)
+        M = _query(X).matrix(self.feature_names_)
         steps = []
         for j in self.step_columns_:
             v = M[:, j:j + 1]
@@ -641,8 +686,18 @@ class RLearnerUplift(_ModelDrivers, BaseEstimator):
         return np.column_stack([M, *steps]) if steps else M
 
     def _basis(self, X: pd.DataFrame) -> np.ndarray:
-        Z = (self._raw_basis(X) - self.mean_b_) / self.scale_b_
-        return np.where(np.isfinite(Z), Z, 0.0)  # missing -> the archive mean
+        q = _query(X)
+        if "basis" not in q.cache:
+            Z = (self._raw_basis(q) - self.mean_b_) / self.scale_b_
+            q.cache["basis"] = np.where(np.isfinite(Z), Z, 0.0)  # missing -> the archive mean
+        return q.cache["basis"]
+
+    def _level(self, X) -> np.ndarray:
+        """The baseline's predicted improvement per row (once per query)."""
+        q = _query(X)
+        if "level" not in q.cache:
+            q.cache["level"] = self.baseline_.booster_.predict(q.matrix(self.feature_names_))
+        return q.cache["level"]
 
     def fit(self, X: pd.DataFrame, treatment, outcome, propensity, improvement=None
             ) -> RLearnerUplift:
@@ -773,7 +828,8 @@ class RLearnerUplift(_ModelDrivers, BaseEstimator):
         if len(vs) != n or any(v is not None and v not in ADAPTATIONS for v in vs):
             raise ValueError("versus must give, per row, an adaptation of ADAPTATIONS or None")
         step = 1000  # the gradients are (rows, adaptations, terms): bounded memory
-        parts = [self._claims_block(X.iloc[i:i + step], vs[i:i + step])
+        q = _query(X)
+        parts = [self._claims_block(q if n <= step else q.rows(i, i + step), vs[i:i + step])
                  for i in range(0, max(n, 1), step)]
         return {key: np.concatenate([q[key] for q in parts]) for key in parts[0]}
 
@@ -792,7 +848,7 @@ class RLearnerUplift(_ModelDrivers, BaseEstimator):
             slope = np.ones((n, k))
             level = tau
         else:
-            m = self.baseline_.booster_.predict(X[list(self.feature_names_)].to_numpy(float))
+            m = self._level(X)
             u = ((m - tau @ self.mean_propensity_)[:, None] + tau - 1.0) / self.sigma_
             level = ndtr(u)
             slope = np.exp(-0.5 * u * u) / np.sqrt(2 * np.pi) / self.sigma_
@@ -818,14 +874,16 @@ class RLearnerUplift(_ModelDrivers, BaseEstimator):
                   versus: Sequence[str | None] | None = None) -> list[Recommendation]:
         """As the other estimators, each suggestion with its honest claim against ``versus``
         (see `claims`)."""
-        idx = self.neighbours(X)
-        return self._rank(X, self._gains(X, idx), self._drivers(X), idx, self.method_label,
-                          top, claims=self.claims(X, versus))
+        q = _query(X)
+        idx = self.neighbours(q)
+        return self._rank(q, self._gains(q, idx), self._drivers(q), idx, self.method_label,
+                          top, claims=self.claims(q, versus))
 
     def claimed_top(self, X: pd.DataFrame, versus: Sequence[str | None] | None = None
                     ) -> np.ndarray:
         """The top adaptation per row where its gain is claimed (as the service shows it);
         None where nothing is claimed (the caller shows the rules)."""
+        X = _query(X)
         idx = self.neighbours(X)
         ev = self.evidence(X, idx)
         ok = ((ev["n_with"] >= self.min_similar) & (ev["n_without"] >= self.min_similar)
@@ -848,7 +906,7 @@ class RLearnerUplift(_ModelDrivers, BaseEstimator):
         tau = self.effects(X)
         if self.target_ == "outcome":
             return tau
-        m = self.baseline_.booster_.predict(X[list(self.feature_names_)].to_numpy(float))
+        m = self._level(X)
         mu0 = m - tau @ self.mean_propensity_  # level without an adaptation (approximately)
         return (ndtr((mu0[:, None] + tau - 1.0) / self.sigma_)
                 - ndtr((mu0[:, None] - 1.0) / self.sigma_))
