@@ -1,20 +1,27 @@
-"""Benchmark of the prediction service (serving/): one run, printed tables.
+"""Benchmark of the prediction service (serving/) on the bundle `make run` trains: printed tables.
 
-    .venv/bin/python benchmarks/bench_service.py               # all parts (~2-3 minutes)
+    .venv/bin/python benchmarks/bench_service.py                 # all parts (~5 minutes)
     .venv/bin/python benchmarks/bench_service.py --requests 200 --skip-sizes
+    .venv/bin/python benchmarks/bench_service.py --store mlflow --cohort data/demo
 
-Builds a seeded synthetic cohort (tests/service_fixtures.py), fits and registers a bundle in a
-temporary MLflow store, imports it into a temporary BentoML store and starts `bentoml serve` on
-a free loopback port (OMP_NUM_THREADS=1). Then:
+The bundle is the champion of an MLflow store that `make run` (`ontrack demo`) filled: by
+default the repository's `mlflow/` when it holds one, otherwise `ontrack demo --no-serve` is
+run first into a temporary folder (the same command, cohort and settings as `make run`). The
+service is started with `bentoml serve` on a free loopback port (OMP_NUM_THREADS=1), beside a
+peer: a plain BentoML service returning the same booster's probability and TreeSHAP
+contributions for one row (benchmarks/peer_service.py). Then, in one run:
 
 1. **HTTP, one client** (the first client of EXAMPLE_INPUT, explained): p50/p99 over N sequential
    requests, against `/v1/noop` in the same service behind the same bearer-key auth, posting
-   the same body. Targets: assess p50 <= 2 x noop p50, p99 < 15 ms.
-2. **HTTP, 1,000 clients in one request** (histories from the cohort). Target < 1 s.
-3. **In-process, 1,000 clients** (num_threads=1): the service's whole request path
-   (`OnTrack.run`: request rules, contract frame, `check_sessions`, `assess`, audit) and
-   `Bundle.assess` alone. Target >= 2,000 explained clients per second.
-4. **Model size**: TreeSHAP cost (`pred_contrib`, microseconds per row, one thread) and the
+   the same body, and against the peer. Targets: assess p50 <= 2 x noop p50, p99 < 15 ms,
+   p50 <= peer p50 + 1 ms.
+2. **HTTP, eight concurrent single-client callers** for a fixed time: assessments per second
+   (target >= 400 on 2 cores) against no-ops per second.
+3. **HTTP, 1,000 clients in one request** (histories from the cohort). Target < 1 s.
+4. **In-process** (num_threads=1): the service's whole request path (`OnTrack.run`) and
+   `Bundle.assess` alone, for 1,000 clients in one call and for one client. Targets: >= 5,000
+   explained clients per second in batches, >= 1,000 per second one at a time.
+5. **Model size**: TreeSHAP cost (`pred_contrib`, microseconds per row, one thread) and the
    out-of-fold AUC of the failure model for a few sizes (the accuracy cost of a reduction).
 """
 
@@ -41,7 +48,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from serving.schemas import EXAMPLE_INPUT  # noqa: E402
-from tests.service_fixtures import fit_bundle, make_cohort, register, service_env  # noqa: E402
+from tests.service_fixtures import service_env  # noqa: E402
 
 console = Console()
 
@@ -78,12 +85,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(env: dict) -> tuple[subprocess.Popen, str]:
+def start_server(env: dict, target: str = "serving.service:OnTrack",
+                 workdir: Path = REPO) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
-                             "serving.service:OnTrack", "--host", "127.0.0.1", "--port",
-                             str(port), "--working-dir", str(REPO)], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", target, "--host",
+                             "127.0.0.1", "--port", str(port), "--working-dir", str(workdir)],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
     while time.monotonic() - t0 < 180:
@@ -99,20 +107,85 @@ def start_server(env: dict) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("service not ready")
 
 
-def http_part(url: str, key: str, big: dict, n: int) -> list[tuple]:
+def peer_row() -> list[float | None]:
+    """The failure model's input row for the first example client (what the peer scores)."""
+    from features.pointintime import point_in_time
+    from serving.loader import load
+    from serving.schemas import AssessRequest, to_frames
+    from serving.settings import ServingSettings
+
+    bundle = load(ServingSettings()).bundle
+    req = AssessRequest.model_validate({"clients": EXAMPLE_INPUT["clients"][:1]})
+    X = point_in_time(to_frames(req).sessions, instrument=bundle.instruments[0], at=None).X
+    M = next(iter(bundle.models.values())).failure.transform_features(X)
+    return [None if not np.isfinite(v) else float(v) for v in M[0]]
+
+
+def timed(client: httpx.Client, path: str, body: bytes, n: int) -> list[float]:
+    for _ in range(20):
+        client.post(path, content=body)  # warm-up
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = client.post(path, content=body)
+        times.append(time.perf_counter() - t0)
+        assert r.status_code == 200, r.text[:300]
+    return times
+
+
+def _caller(url: str, headers: dict, path: str, body: bytes, stop: float,
+            out: list[tuple[float, int]]) -> None:
+    """One caller: its own connection, one request after the other until ``stop``."""
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+        c.post(path, content=body)
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            r = c.post(path, content=body)
+            out.append((time.perf_counter() - t0, r.status_code))
+
+
+def concurrent_part(url: str, key: str, seconds: float, callers: int = 8) -> list[tuple]:
+    """Requests per second with ``callers`` threads, each with its own connection, posting
+    one client at a time for ``seconds``."""
+    import threading
+
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     one = json.dumps({"clients": EXAMPLE_INPUT["clients"][:1]}).encode()
     rows = []
+    for path in ("/v1/noop", "/v1/assess"):
+        results: list[list[tuple[float, int]]] = [[] for _ in range(callers)]
+        stop = time.perf_counter() + seconds
+        threads = [threading.Thread(target=_caller, args=(url, headers, path, one, stop,
+                                                          results[i]))
+                   for i in range(callers)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        done = [x for xs in results for x in xs]
+        lat = [d for d, _ in done]
+        rows.append((f"HTTP {path}, {callers} callers", len(done), len(done) / wall,
+                     pct(lat, 50), pct(lat, 99), sum(code != 200 for _, code in done)))
+    return rows
+
+
+def http_part(url: str, key: str, big: dict, n: int, peer_url: str | None = None
+              ) -> list[tuple]:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    one = json.dumps({"clients": EXAMPLE_INPUT["clients"][:1]}).encode()
+    rows = []
+    if peer_url is not None:
+        body = json.dumps({"row": peer_row()}).encode()
+        with httpx.Client(base_url=peer_url, timeout=60,
+                          headers={"Content-Type": "application/json"}) as c:
+            times = timed(c, "/predict", body, n)
+        rows.append(("HTTP peer /predict (LightGBM + TreeSHAP), 1 row", n, pct(times, 50),
+                     pct(times, 99)))
     with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
         for path in ("/v1/noop", "/v1/assess"):
-            for _ in range(20):
-                c.post(path, content=one)  # warm-up
-            times = []
-            for _ in range(n):
-                t0 = time.perf_counter()
-                r = c.post(path, content=one)
-                times.append(time.perf_counter() - t0)
-                assert r.status_code == 200, r.text
+            times = timed(c, path, one, n)
             rows.append((f"HTTP {path}, 1 client", n, pct(times, 50), pct(times, 99)))
         body = json.dumps(big).encode()
         times = []
@@ -155,12 +228,20 @@ def inprocess_part(big: dict, repeats: int = 3) -> list[tuple]:
     one = AssessRequest.model_validate_json(json.dumps({"clients": EXAMPLE_INPUT["clients"][:1]}))
     svc.run(one, "bench")
     times = []
-    for _ in range(50):
+    for _ in range(200):
         t0 = time.perf_counter()
         svc.run(one, "bench")
         times.append(time.perf_counter() - t0)
     rows.append(("in-process: whole path, 1 client", 1, pct(times, 50), 1 / statistics.median(
         times)))
+    f1 = to_frames(one)
+    times = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        svc.bundle.assess(f1.sessions, f1.covariates)
+        times.append(time.perf_counter() - t0)
+    rows.append(("in-process: Bundle.assess only, 1 client", 1, pct(times, 50),
+                 1 / statistics.median(times)))
     return rows
 
 
@@ -195,18 +276,53 @@ def size_part(cohort_dir: Path) -> list[tuple]:
     return out
 
 
+def champion_store(store: Path | None, cohort: Path | None, tmp: Path) -> tuple[Path, Path]:
+    """(MLflow store folder, cohort folder) of a `make run` champion: the given ones, the
+    repository's when it has a champion, else trained now with `ontrack demo --no-serve`."""
+    from mlflow.tracking import MlflowClient
+
+    def has_champion(folder: Path) -> bool:
+        db = folder / "mlflow.db"
+        if not db.exists():
+            return False
+        uri = f"sqlite:///{db.resolve()}"
+        try:
+            MlflowClient(uri, uri).get_model_version_by_alias("ontrack-not-risk", "champion")
+        except Exception:  # no registered model or alias
+            return False
+        return True
+
+    if store is not None:
+        return store, cohort or REPO / "data" / "demo"
+    if has_champion(REPO / "mlflow") and (REPO / "data" / "demo" / "sessions.csv").exists():
+        return REPO / "mlflow", cohort or REPO / "data" / "demo"
+    store, cohort = tmp / "mlflow", tmp / "demo"
+    console.print("no `make run` champion in mlflow/: training one now (ontrack demo "
+                  "--no-serve, about 1-2 minutes)")
+    env = {**os.environ, "ONTRACK_MLFLOW_DIR": str(store), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    subprocess.run([sys.executable, "-m", "training.cli", "demo", "--no-serve", "--out",
+                    str(cohort)], env=env, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return store, cohort
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=15.0,
+                    help="Duration of each concurrent run.")
+    ap.add_argument("--store", type=Path, default=None,
+                    help="MLflow store folder with a `make run` champion (default: mlflow/).")
+    ap.add_argument("--cohort", type=Path, default=None,
+                    help="The cohort folder it was trained on (default: data/demo).")
     ap.add_argument("--skip-sizes", action="store_true")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ontrack-bench-"))
-    cohort = make_cohort(tmp / "cohort", n=1500, seed=1)
-    t0 = time.perf_counter()
-    uri = register(fit_bundle(cohort), tmp / "mlflow")
-    console.print(f"bundle fitted and registered in {time.perf_counter() - t0:.1f} s")
+    store, cohort = champion_store(args.store, args.cohort, tmp)
+    uri = f"sqlite:///{(store / 'mlflow.db').resolve()}"
+    console.print(f"bundle: ontrack-not-risk@champion in {store}")
     env = {**os.environ, **service_env(tmp, uri), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -219,12 +335,15 @@ def main() -> None:
     key = KeyStore(tmp / "keys.sqlite").add("bench")
     big = cohort_request(cohort, args.clients)
 
+    peer, peer_url = start_server(env, "peer_service:Peer", REPO / "benchmarks")
     proc, url = start_server(env)
     try:
-        http = http_part(url, key, big, args.requests)
+        http = http_part(url, key, big, args.requests, peer_url)
+        conc = concurrent_part(url, key, args.seconds)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for p in (proc, peer):
+            p.terminate()
+            p.wait(timeout=30)
 
     t = Table(title="Service over loopback HTTP (sequential, one client connection)")
     for col in ("request", "n", "p50 ms", "p99 / max ms"):
@@ -232,10 +351,20 @@ def main() -> None:
     for name, n, p50, p99 in http:
         t.add_row(name, str(n), f"{p50:.2f}", f"{p99:.2f}")
     console.print(t)
-    ratio = http[1][2] / http[0][2]
-    console.print(f"assess/noop p50 ratio: {ratio:.1f} (target <= 2); assess p99 "
-                  f"{http[1][3]:.1f} ms (target < 15); 1,000-client request {http[2][2]:.0f} ms "
-                  "(target < 1,000)")
+    peer_p50, noop, assess, batch = http[0][2], http[1], http[2], http[3]
+    console.print(f"assess/noop p50 ratio: {assess[2] / noop[2]:.1f} (target <= 2); assess p99 "
+                  f"{assess[3]:.1f} ms (target < 15); assess p50 - peer p50: "
+                  f"{assess[2] - peer_p50:+.1f} ms (target <= +1); 1,000-client request "
+                  f"{batch[2]:.0f} ms (target < 1,000)")
+    t = Table(title=f"Service over loopback HTTP, concurrent single-client callers "
+                    f"({args.seconds:g} s each)")
+    for col in ("requests", "done", "per s", "p50 ms", "p99 ms", "not 200"):
+        t.add_column(col)
+    for name, done, rate, p50, p99, bad in conc:
+        t.add_row(name, f"{done:,}", f"{rate:,.0f}", f"{p50:.1f}", f"{p99:.1f}", str(bad))
+    console.print(t)
+    console.print(f"explained assessments per second with 8 callers: {conc[1][2]:,.0f} "
+                  "(target >= 400)")
 
     inproc = inprocess_part(big)
     t = Table(title="In-process (OMP_NUM_THREADS=1, LightGBM num_threads=1)")
@@ -244,6 +373,8 @@ def main() -> None:
     for name, n, ms, rate in inproc:
         t.add_row(name, f"{n:,}", f"{ms:.1f}", f"{rate:,.0f}")
     console.print(t)
+    console.print("targets: >= 5,000 clients/s in batches of 1,000+, >= 1,000/s one client "
+                  "at a time")
 
     if not args.skip_sizes:
         t = Table(title="Model size: TreeSHAP cost vs out-of-fold AUC (PHQ-9 failure model)")

@@ -233,6 +233,56 @@ def _alliance_codes(alliance: str | None, present: Iterable[str]) -> tuple[str, 
 Columns = pd.DataFrame | Mapping[str, Sequence | np.ndarray]
 
 
+class SessionColumns(dict):
+    """A contract-typed sessions frame as plain NumPy columns (ids and instrument codes as
+    objects, session as integers, scores and items as floats with NaN, dates as
+    datetime64[ns]), converted once, so that one assessment reads every column without
+    pandas' per-call costs. `point_in_time` and the assessment take it wherever they take a
+    frame."""
+
+    @classmethod
+    def of(cls, sessions: Columns) -> SessionColumns:
+        if isinstance(sessions, SessionColumns):
+            return sessions
+        out = cls()
+        for name in sessions.columns if isinstance(sessions, pd.DataFrame) else sessions:
+            v = sessions[name]
+            if name in ("client_id", "instrument"):
+                out[name] = _objects(v)
+            elif name == "session":
+                out[name] = (v.to_numpy(dtype=np.float64, na_value=np.nan)
+                             if isinstance(v, pd.Series) else np.asarray(v, dtype=np.float64))
+            elif name == "date":
+                if isinstance(v, pd.Series) and v.dtype.kind != "M":
+                    v = pd.to_datetime(v)
+                out[name] = np.asarray(v, dtype="datetime64[ns]")
+            elif isinstance(v, pd.Series) and not pd.api.types.is_numeric_dtype(v.dtype):
+                out[name] = _objects(v)
+            else:
+                out[name] = (v.to_numpy(dtype=np.float64, na_value=np.nan)
+                             if isinstance(v, pd.Series) else np.asarray(v, dtype=np.float64))
+        return out
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self["client_id"])
+
+    def isin(self, name: str, wanted: Iterable) -> np.ndarray:
+        """Rows whose ``name`` is one of ``wanted`` (hashed: NumPy's isin sorts objects)."""
+        want = wanted if isinstance(wanted, set | frozenset) else set(wanted)
+        values = self[name]
+        return np.fromiter((v in want for v in values.tolist()), dtype=bool,
+                           count=len(values))
+
+    def take(self, rows: np.ndarray) -> SessionColumns:
+        """The rows selected by a boolean mask or positions."""
+        return SessionColumns({k: v[rows] for k, v in self.items()})
+
+
 def point_in_time(sessions: Columns, instrument: str = "PHQ-9",
                   at: Iterable[int] | None = DEFAULT_AT,
                   alliance: str | None = "auto", alliance_lag: bool = True) -> FeatureFrame:

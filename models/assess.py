@@ -16,12 +16,12 @@ from typing_extensions import TypedDict
 
 from features.change import classify, rc_units
 from features.instruments import ADAPTATIONS, REGISTRY, Role, get
-from features.pointintime import point_in_time
+from features.pointintime import SessionColumns, point_in_time
 from features.targets import eligible_at_intake
 from models.explain import change_words, group_contributions
 from models.flag import STATES, FlagPolicy, History, trigger_names, trigger_words
 from models.signal import colours as signal_colours
-from models.signal import signal as signal_rule
+from models.signal import signal_arrays
 from models.suggestions import rule_suggestions
 
 #: No fitted policy (no model for the instrument): only a reliable deterioration opens a flag.
@@ -214,10 +214,11 @@ def safety_by_client(sessions: pd.DataFrame) -> dict[str, Safety]:
     """Risk-item status per client from the whole record, independent of any model: the
     answers at the latest session with any risk-item answer, the latest answer above zero at
     any session, and whether the latest session had item answers at all."""
+    sessions = SessionColumns.of(sessions)
     ids, sess, vals, codes, items = [], [], [], [], []
-    inst_col = sessions["instrument"].to_numpy(dtype=object)
-    id_col = sessions["client_id"].to_numpy(dtype=object)
-    ses_col = sessions["session"].to_numpy(dtype=np.int64)
+    inst_col = sessions["instrument"]
+    id_col = sessions["client_id"]
+    ses_col = sessions["session"].astype(np.int64)
     for code, inst in REGISTRY.items():
         if not inst.risk_items:
             continue
@@ -226,9 +227,9 @@ def safety_by_client(sessions: pd.DataFrame) -> dict[str, Safety]:
             continue
         for k in inst.risk_items:
             col = f"item_{k}"
-            if col not in sessions.columns:
+            if col not in sessions:
                 continue
-            v = sessions[col].to_numpy(dtype=float, na_value=np.nan)
+            v = sessions[col]
             m = of_inst & np.isfinite(v)
             if m.any():
                 ids.append(id_col[m])
@@ -303,6 +304,7 @@ def _primary(sessions: pd.DataFrame, covered: list[str]) -> pd.Series:
     order = covered + [c for c, i in REGISTRY.items() if i.role is Role.OUTCOME
                        and c not in covered]
     rank = {c: k for k, c in enumerate(order)}
+    sessions = SessionColumns.of(sessions)
     client, ids = pd.factorize(sessions["client_id"])
     icode, iuniq = pd.factorize(sessions["instrument"])
     r = np.array([rank.get(str(u), len(order)) for u in iuniq] + [len(order)])[icode]
@@ -362,14 +364,15 @@ def assess(bundle, sessions: pd.DataFrame, covariates: pd.DataFrame | None = Non
     None = the bundle's). ``alliance_after``: the assessment is made after the latest
     session's alliance rating, so the model may use it (by default it does not: a rating is
     given at the end of its session)."""
+    sessions = SessionColumns.of(sessions)  # every column converted once
     order = pd.unique(sessions["client_id"])
     safety = safety_by_client(sessions)
     primary = _primary(sessions, bundle.instruments)
     results: dict[str, Assessment] = {}
     for instrument in pd.unique(primary.to_numpy()):
         members = primary.index[primary.to_numpy() == instrument]
-        sub = sessions if len(members) == len(primary) else sessions[
-            sessions["client_id"].isin(members)]
+        sub = sessions if len(members) == len(primary) else sessions.take(
+            sessions.isin("client_id", members))
         results.update(_assess_instrument(bundle, instrument, sub, safety, covariates, horizon,
                                           budget, alliance_after))
     for cid in order:
@@ -380,11 +383,19 @@ def assess(bundle, sessions: pd.DataFrame, covariates: pd.DataFrame | None = Non
 
 def _first_scores(sessions: pd.DataFrame, instrument: str, ids: np.ndarray) -> np.ndarray:
     """First score on ``instrument`` per client of ``ids`` (NaN when none)."""
-    s = sessions[sessions["instrument"].to_numpy(dtype=object) == instrument]
-    if s.empty:
-        return np.full(len(ids), np.nan)
-    first = s.sort_values("session", kind="stable").drop_duplicates("client_id")
-    return first.set_index("client_id")["score"].reindex(ids).to_numpy(dtype=float)
+    sessions = SessionColumns.of(sessions)
+    rows = np.flatnonzero(sessions["instrument"] == instrument)
+    out = np.full(len(ids), np.nan)
+    if not len(rows):
+        return out
+    rows = rows[np.argsort(sessions["session"][rows], kind="stable")]
+    first: dict = {}
+    for cid, score in zip(sessions["client_id"][rows].tolist(),
+                          sessions["score"][rows].tolist(), strict=True):
+        first.setdefault(cid, score)
+    for k, cid in enumerate(np.asarray(ids, dtype=object).tolist()):
+        out[k] = first.get(cid, np.nan)
+    return out
 
 
 def _others_in_range(sessions: pd.DataFrame, instrument: str, ids: np.ndarray,
@@ -396,14 +407,16 @@ def _others_in_range(sessions: pd.DataFrame, instrument: str, ids: np.ndarray,
         return out
     codes = [c for c, i in REGISTRY.items() if i.role is Role.OUTCOME and c != instrument
              and i.cutoff is not None]
-    want = set(ids[which].tolist())
-    s = sessions[sessions["instrument"].isin(codes) & sessions["client_id"].isin(want)]
+    sessions = SessionColumns.of(sessions)
+    rows = np.flatnonzero(sessions.isin("instrument", codes)
+                          & sessions.isin("client_id", ids[which].tolist()))
     limit = dict(zip(ids.tolist(), upto.tolist(), strict=True))
     pos = {c: k for k, c in enumerate(ids.tolist())}
     by: dict[str, list[tuple[int, str, float]]] = {}
-    for cid, ses, code, score in zip(s["client_id"].tolist(), s["session"].tolist(),
-                                     s["instrument"].tolist(), s["score"].tolist(),
-                                     strict=True):
+    for cid, ses, code, score in zip(sessions["client_id"][rows].tolist(),
+                                     sessions["session"][rows].tolist(),
+                                     sessions["instrument"][rows].tolist(),
+                                     sessions["score"][rows].tolist(), strict=True):
         if ses <= limit[cid]:
             by.setdefault(cid, []).append((int(ses), str(code), float(score)))
     for cid, rows in by.items():
@@ -516,9 +529,8 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
     safety_words = [_safety_phrase(x) for x in saf_list]
     others = _others_in_range(sessions, instrument, ids, session,
                               col["other_clinical_latest"] == 1)
-    sig = signal_rule(latest, n_scores, med_h[last], bnd_h[last], session, inst,
-                      others=others, safety=safety_words)
-    colours, reasons = sig["colour"].to_numpy(), sig["reason"].to_numpy()
+    colours, reasons = signal_arrays(latest, n_scores, med_h[last], bnd_h[last], session,
+                                     inst, others=others, safety=safety_words)
     has_rci = inst.rci is not None
     cats = classify(intake, latest, inst) if has_rci else [None] * n
     rcu = rc_units(intake, latest, inst) if has_rci else np.full(n, np.nan)
@@ -571,7 +583,7 @@ def _rows_by_client(sessions: pd.DataFrame, instrument: str, at=None):
     """The feature rows as of every assessed session (``at``: the sessions to include; None:
     all), with each row's client code and, per client, its first and last row and its id."""
     if at is None:
-        smax = int(np.nanmax(sessions["session"].to_numpy(dtype=float, na_value=np.nan)))
+        smax = int(np.nanmax(SessionColumns.of(sessions)["session"]))
         at = range(1, smax + 1)
     hist = point_in_time(sessions, instrument=instrument, at=at)
     row_ids = hist.keys["client_id"].to_numpy(dtype=object)
@@ -647,6 +659,7 @@ def policy_history(m, sessions: pd.DataFrame, instrument: str, at=None,
     ``at``: the sessions to include (None: all). Returns the history and its keys
     (client_id, session), aligned."""
     inst = get(instrument)
+    sessions = SessionColumns.of(sessions)
     hist, code, first, _, ids = _rows_by_client(sessions, instrument, at)
     at1 = (_session_one(hist) if at is None or 1 in set(at)
            else point_in_time(sessions, instrument=instrument, at=(1,)))
@@ -800,13 +813,14 @@ def _latest_alliance(sessions: pd.DataFrame) -> dict[str, tuple[str, float, floa
     """Per client: (alliance instrument, its latest raw score, the previous score on the same
     instrument or None), for display and the alliance prompts."""
     codes = [c for c, i in REGISTRY.items() if i.role is Role.ALLIANCE]
-    inst = sessions["instrument"].to_numpy(dtype=object)
-    m = np.isin(inst, codes)
+    sessions = SessionColumns.of(sessions)
+    inst = sessions["instrument"]
+    m = sessions.isin("instrument", codes)
     if not m.any():
         return {}
-    ids = sessions["client_id"].to_numpy(dtype=object)[m]
-    sess = sessions["session"].to_numpy(dtype=np.int64)[m]
-    score = sessions["score"].to_numpy(dtype=float)[m]
+    ids = sessions["client_id"][m]
+    sess = sessions["session"].astype(np.int64)[m]
+    score = sessions["score"][m]
     rank = np.array([codes.index(c) for c in inst[m]])
     order = np.lexsort((-rank, sess, ids.astype(str)))
     ids, inst_m, score, sess = ids[order], inst[m][order], score[order], sess[order]
@@ -847,4 +861,4 @@ def _population_check(pop, intake: float, session: float, instrument: str,
                 v = covariates.at[client_id, col]
                 if pd.notna(v) and str(v) not in levels:
                     reasons.append(f"{col} = {v} did not occur in the training data")
-    return Population(out_of_population=bool(reasons), reasons=reasons)
+    return _build(Population, out_of_population=bool(reasons), reasons=reasons)

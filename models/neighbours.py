@@ -221,7 +221,9 @@ class NeighbourNavigator(_FeatureContract, BaseEstimator):
 
     # -------------------------------------------------------------------------------- query
     def _standardised(self, frame: pd.DataFrame) -> np.ndarray:
-        Z = frame[list(self.match_features_)].to_numpy(float)
+        pos = frame.columns.get_indexer(list(self.match_features_))
+        Z = (frame.to_numpy(float)[:, pos] if (pos >= 0).all()  # one conversion, then columns
+             else frame[list(self.match_features_)].to_numpy(float))
         return np.nan_to_num((Z - self.mean_) / self.scale_)
 
     def _query(self, t: int, Zq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -64,7 +64,17 @@ def colours(latest_score, n_scores, expected_median, failure_boundary,
 
 def signal(latest_score, n_scores, expected_median, failure_boundary, session,
            instrument: str | Instrument, others=None, safety=None) -> pd.DataFrame:
-    """Signal per client, vectorised. Returns a DataFrame with ``colour`` and ``reason``.
+    """Signal per client, vectorised: `signal_arrays` as a DataFrame with ``colour`` and
+    ``reason``."""
+    colour, reasons = signal_arrays(latest_score, n_scores, expected_median, failure_boundary,
+                                    session, instrument, others, safety)
+    return pd.DataFrame({"colour": colour, "reason": reasons})
+
+
+def signal_arrays(latest_score, n_scores, expected_median, failure_boundary, session,
+                  instrument: str | Instrument, others=None, safety=None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Signal per client, vectorised. Returns (``colour``, ``reason``), object arrays.
 
     All array arguments broadcast together; ``expected_median`` and ``failure_boundary`` are
     the expected course at ``session`` (from `ExpectedResponse.expected` or the
@@ -124,7 +134,7 @@ def signal(latest_score, n_scores, expected_median, failure_boundary, session,
                 text += (f" {code} is in the functional range, but {others[i]} is still in "
                          "the clinical range, so ending is not suggested yet.")
         reasons[i] = text
-    return pd.DataFrame({"colour": colour, "reason": reasons})
+    return np.asarray(colour, dtype=object), np.asarray(reasons, dtype=object)
 
 
 def _functional(latest: np.ndarray, inst: Instrument) -> np.ndarray:
