@@ -115,7 +115,7 @@ def peer_row() -> list[float | None]:
     from serving.settings import ServingSettings
 
     bundle = load(ServingSettings()).bundle
-    req = AssessRequest.model_validate({"clients": EXAMPLE_INPUT["clients"][:1]})
+    req = AssessRequest.model_validate_json(json.dumps({"clients": EXAMPLE_INPUT["clients"][:1]}))
     X = point_in_time(to_frames(req).sessions, instrument=bundle.instruments[0], at=None).X
     M = next(iter(bundle.models.values())).failure.transform_features(X)
     return [None if not np.isfinite(v) else float(v) for v in M[0]]

@@ -240,11 +240,15 @@ class SessionColumns(dict):
     pandas' per-call costs. `point_in_time` and the assessment take it wherever they take a
     frame."""
 
+    id_dtype: object = "string"  # the dtype of the ids `point_in_time` returns in its keys
+
     @classmethod
     def of(cls, sessions: Columns) -> SessionColumns:
         if isinstance(sessions, SessionColumns):
             return sessions
         out = cls()
+        ids = sessions["client_id"]
+        out.id_dtype = ids.dtype if isinstance(ids, pd.Series) else "string"
         for name in sessions.columns if isinstance(sessions, pd.DataFrame) else sessions:
             v = sessions[name]
             if name in ("client_id", "instrument"):
@@ -280,7 +284,9 @@ class SessionColumns(dict):
 
     def take(self, rows: np.ndarray) -> SessionColumns:
         """The rows selected by a boolean mask or positions."""
-        return SessionColumns({k: v[rows] for k, v in self.items()})
+        out = SessionColumns({k: v[rows] for k, v in self.items()})
+        out.id_dtype = self.id_dtype
+        return out
 
 
 def point_in_time(sessions: Columns, instrument: str = "PHQ-9",
@@ -323,7 +329,7 @@ def point_in_time(sessions: Columns, instrument: str = "PHQ-9",
         keep = session <= (at_arr.max() if len(at_arr) else 0)
         session = session[keep]
 
-    client, take_ids = _factorize(sessions["client_id"])
+    client, take_ids = _factorize(sessions["client_id"], getattr(sessions, "id_dtype", None))
     client = client[keep]
     if (client < 0).any():
         raise ValueError("client_id is missing on some rows; run features.contract.check_sessions")
@@ -406,14 +412,14 @@ def _instrument_index(values) -> tuple[np.ndarray, set[str]]:
 _SMALL = 4096  # below this many rows, sorting objects beats pandas' hashing overhead
 
 
-def _factorize(values):
+def _factorize(values, dtype=None):
     """Integer codes in sorted order of the ids (-1 = missing) and a function mapping codes
     back to ids (of the input's dtype for a Series, pandas strings otherwise).
 
     Same codes either way: small inputs use np.unique (no pandas overhead for a one-client
     request), large ones pandas' hash-based factorize.
     """
-    dtype = values.dtype if isinstance(values, pd.Series) else "string"
+    dtype = dtype or (values.dtype if isinstance(values, pd.Series) else "string")
     if len(values) <= _SMALL:
         obj = _objects(values)
         if not pd.isna(obj).any():

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from features.pointintime import FEATURE_NAMES, FEATURE_VERSION, check_features
@@ -74,17 +73,6 @@ class Bundle:
 
     def predict_frame(self, sessions: pd.DataFrame) -> pd.DataFrame:
         """Tabular predictions, one row per client (the MLflow pyfunc output)."""
-        rows = []
-        for a in self.assess(sessions):
-            risk = a.risk
-            rows.append({
-                "client_id": a.client_id,
-                "instrument": a.instrument,
-                "p_failure": np.nan if risk is None else risk.p_failure,
-                "p_dropout": np.nan if risk is None or risk.p_dropout is None else risk.p_dropout,
-                "flag_state": a.flag.state,
-                "flagged": bool(a.flag.flagged),
-                "signal": a.signal.colour,
-                "safety": a.safety.status,
-            })
-        return pd.DataFrame(rows)
+        from models.pyfunc import summary_frame
+
+        return summary_frame(self.assess(sessions))

@@ -111,6 +111,46 @@ def test_champion_loads_in_a_fresh_process_outside_the_repo(trained, tmp_path):
     assert "OK 5" in proc.stdout
 
 
+def test_the_registered_pyfunc_takes_the_services_input_and_returns_its_assessment(trained):
+    """MLflow's own serving path: item answers are declared in the signature (not dropped),
+    so a risk item raises the safety flag; output="assessment" is the service's assessment;
+    a broken row is refused with the contract's rule."""
+    import json
+
+    import mlflow
+
+    from features.contract import InvalidDataError
+    from training.registry import load_bundle
+
+    s = trained["cohort"].sessions
+    ids = s["client_id"].unique()[:4]
+    x = s[s["client_id"].isin(ids)].reset_index(drop=True)
+    x = x.drop(columns=[c for c in x.columns if c.startswith("item_")])
+    phq = x["instrument"] == "PHQ-9"
+    x["item_9"] = np.where(phq, 0.0, np.nan)
+    x.loc[phq & (x["client_id"] == ids[0]), "item_9"] = 2.0
+    m = mlflow.pyfunc.load_model("models:/ontrack-not-risk@champion")
+    out = m.predict(x)
+    by_id = out.set_index("client_id")["safety"]
+    assert by_id[ids[0]] == "flag"
+    assert (by_id.drop(ids[0]) == "not_endorsed").all()
+    full = m.predict(x, params={"output": "assessment"})
+    bundle = load_bundle("models:/ontrack-not-risk@champion")
+    from features.contract import validate_frames
+
+    typed, _ = validate_frames(x)
+    direct = [json.loads(a.model_dump_json()) for a in bundle.assess(typed.sessions)]
+    served = [json.loads(j) for j in full["assessment"]]
+    for a, b in zip(direct, served, strict=True):
+        a["risk"] and a["risk"].pop("model_version")  # the loader's label, not the model
+        b["risk"] and b["risk"].pop("model_version")
+    assert served == direct
+    bad = x.copy()
+    bad.loc[0, "score"] = 99.0
+    with pytest.raises(InvalidDataError, match="score_out_of_range"):
+        m.predict(bad)
+
+
 def test_renaming_ids_changes_no_prediction(trained):
     from training.registry import load_bundle
 

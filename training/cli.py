@@ -1,8 +1,9 @@
 """`ontrack`: the one command-line interface.
 
-Training-side commands live here; serving adds its own (`serve`, `build`, `keys`, `audit`) from
-`serving/cli.py`, imported lazily so that serving never imports training code and a plain
-`ontrack validate` does not pay for BentoML's import.
+Training-side commands live here; serving adds its own (`serve`, `build`, `keys`, `audit`)
+through the `ontrack.commands` entry-point group (pyproject.toml names `serving.cli:register`),
+so neither package imports the other (tests/test_layers.py) and a plain `ontrack validate`
+does not pay for BentoML's import.
 """
 
 from __future__ import annotations
@@ -342,13 +343,16 @@ def demo(
     print_training_report(result)
     if not serve:
         return
+    serve_cmd = _command("serve")
+    if serve_cmd is None:
+        err.print("[red]error[/red]: no `serve` command is installed (the serving package "
+                  "registers it: `make setup`)")
+        raise typer.Exit(1)
     if champion_version() is None:
         os.environ["ONTRACK_MODEL_ALIAS"] = "candidate"
         console.print("[yellow]no champion yet (the gate did not promote this model): serving "
                       "the candidate, for demonstration only[/yellow]")
-    from serving.cli import serve_command
-
-    serve_command(port=port)
+    serve_cmd(port=port)
 
 
 
@@ -475,19 +479,31 @@ def _recommend_eval_on_data(path: Path, seed: int, folds: int, log: bool) -> Non
         console.print(f"MLflow run: {log_off_policy_to_mlflow(rep, str(path))}")
 
 
-def _register_serving() -> None:
-    """Serving's commands, if the serving package provides them (lazy import)."""
-    from importlib.util import find_spec
+COMMAND_GROUP = "ontrack.commands"
 
-    if find_spec("serving.cli") is None:
-        return
-    from serving.cli import register
 
-    register(app)
+def _register_plugins() -> None:
+    """The commands other packages add (entry points of `COMMAND_GROUP`: each is called with
+    the Typer app). Called once, by `main`."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=COMMAND_GROUP):
+        ep.load()(app)
+
+
+def _command(name: str):
+    """The callback of a registered command by name (e.g. serving's ``serve``), or None."""
+    if not any(c.name == name or getattr(c.callback, "__name__", "") == name
+               for c in app.registered_commands):
+        _register_plugins()
+    for c in app.registered_commands:
+        if c.name == name or getattr(c.callback, "__name__", "") == name:
+            return c.callback
+    return None
 
 
 def main() -> None:
-    _register_serving()
+    _register_plugins()
     app()
 
 

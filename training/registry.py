@@ -16,11 +16,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from features.pointintime import FEATURE_VERSION
-from models.pyfunc import INPUT_COLUMNS, OnTrackModel
+from models.pyfunc import INPUT_COLUMNS, OPTIONAL_COLUMNS, OnTrackModel, signature
 from training.dataset import TrainingRows
 from training.metrics import METRICS, paired_difference
 from training.tracking import MODEL_NAME, REPO_ROOT
@@ -36,13 +35,15 @@ PIP_REQUIREMENTS = [
 
 
 def log_bundle(bundle, input_example: pd.DataFrame) -> mlflow.models.model.ModelInfo:
-    """Log the bundle as a pyfunc in the active run (signature + example from the cohort)."""
+    """Log the bundle as a pyfunc in the active run (signature + example from the cohort:
+    every contract column it has, the item answers included)."""
     model = OnTrackModel(bundle)
-    example = input_example[list(INPUT_COLUMNS)].reset_index(drop=True)
-    output = model.predict(None, example)
-    signature = infer_signature(example, output)
+    cols = [c for c in (*INPUT_COLUMNS, *OPTIONAL_COLUMNS)
+            if c in input_example.columns and input_example[c].notna().any()]
+    example = input_example[cols].reset_index(drop=True)
     return mlflow.pyfunc.log_model(
-        name="model", python_model=model, signature=signature, input_example=example,
+        name="model", python_model=model, signature=signature(model.predict(None, example)),
+        input_example=example,
         code_paths=[str(REPO_ROOT / "features"), str(REPO_ROOT / "models")],
         pip_requirements=PIP_REQUIREMENTS)
 
