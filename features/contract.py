@@ -15,6 +15,7 @@ Every violation is collected (never only the first) into one `ValidationReport`.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from features.instruments import ADAPTATIONS, REGISTRY
+from features.instruments import ADAPTATIONS, REGISTRY, Role
 
 # --------------------------------------------------------------------------------------------
 # Columns (other tools rely on these names)
@@ -325,6 +326,35 @@ def check_sessions(frame: pd.DataFrame, table: str = "sessions",
     return out
 
 
+def check_assessable(frame: pd.DataFrame, max_clients: int | None = None,
+                     table: str = "sessions") -> list[Violation]:
+    """The rules of an assessment (API request, upload, pyfunc input), on a typed sessions
+    frame: at most ``max_clients`` clients at once (``too_many_clients``), and every client
+    with a score on an outcome instrument (``no_outcome_score``: alliance ratings alone
+    cannot be assessed; clients with an unknown instrument are left to
+    ``instrument_unknown``). Rows are 1-based in frame order, the client's first row."""
+    cols = Rows(frame.reset_index(drop=True))
+    ids = cols.client_ids
+    if max_clients is not None and len(ids) > max_clients:
+        return [Violation(table, "too_many_clients", "client_id",
+                          f"{len(ids)} clients at once; at most {max_clients} are assessed "
+                          "in one request (split it) (rule: too_many_clients)")]
+    n = len(ids)
+    ok = cols.client >= 0
+    outcome = np.zeros(n, dtype=bool)
+    unknown = np.zeros(n, dtype=bool)
+    is_outcome = np.array([i.role is Role.OUTCOME for i in REGISTRY.values()] + [False])
+    np.logical_or.at(outcome, cols.client[ok], is_outcome[cols.inst[ok]])
+    np.logical_or.at(unknown, cols.client[ok], cols.inst[ok] < 0)
+    first = np.full(n, cols.n, dtype=np.int64)
+    np.minimum.at(first, cols.client[ok], np.flatnonzero(ok))
+    return [Violation(table, "no_outcome_score", "instrument",
+                      f"client {ids[c]} has no score on an outcome instrument (e.g. PHQ-9, "
+                      "GAD-7, ORS, CORE-10): alliance ratings alone cannot be assessed "
+                      "(rule: no_outcome_score)", int(first[c]) + 1)
+            for c in np.flatnonzero(~outcome & ~unknown)]
+
+
 def _plain(v: object) -> object:
     if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
         return None
@@ -427,8 +457,14 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    if path.suffix == ".parquet":
+def read_table(path: Path | bytes, name: str | None = None) -> pd.DataFrame:
+    """A table from a file, or from uploaded bytes (``name``: the file name, for its kind):
+    Parquet, else CSV, with the id and code columns read as strings."""
+    parquet = (name or "").lower().endswith(".parquet") if isinstance(path, bytes) \
+        else Path(path).suffix == ".parquet"
+    if isinstance(path, bytes):
+        path = io.BytesIO(path)
+    if parquet:
         return pd.read_parquet(path)
     return pd.read_csv(path, dtype={"client_id": "string", "clinic_id": "string",
                                     "therapist_id": "string", "instrument": "string"},

@@ -375,9 +375,10 @@ def assess(bundle, sessions: pd.DataFrame, covariates: pd.DataFrame | None = Non
             sessions.isin("client_id", members))
         results.update(_assess_instrument(bundle, instrument, sub, safety, covariates, horizon,
                                           budget, alliance_after))
-    for cid in order:
-        if cid not in results:  # no outcome instrument at all (e.g. alliance ratings only)
-            raise ValueError("every client needs at least one outcome-instrument score")
+    if any(cid not in results for cid in order):  # alliance ratings only, say
+        from features.contract import InvalidDataError, ValidationReport, check_assessable
+
+        raise InvalidDataError(ValidationReport(check_assessable(pd.DataFrame(sessions))))
     return [results[c] for c in order]
 
 

@@ -10,12 +10,54 @@ service loads it from the registry and calls `assess`; nothing is rebuilt at ser
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import pandas as pd
 
 from features.pointintime import FEATURE_NAMES, FEATURE_VERSION, check_features
+from models.flag import FlagPolicy
+
+
+# ------------------------------------------------------------------------------------------
+# What the assessment calls on each model (tests/test_models.py checks a fitted bundle)
+# ------------------------------------------------------------------------------------------
+@runtime_checkable
+class RiskModel(Protocol):
+    """A failure or dropout model (`models.risk.GBMRisk`, `models.baseline.LogisticRisk`)."""
+
+    feature_names_: Sequence[str]
+
+    def transform_features(self, X: pd.DataFrame) -> np.ndarray: ...
+    def contributions_from_matrix(self, M: np.ndarray) -> np.ndarray: ...
+    def logit_from_matrix(self, M: np.ndarray) -> np.ndarray: ...
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ExpectedCourse(Protocol):
+    """The expected-response curve (`models.expected.ExpectedResponse`)."""
+
+    def expected(self, intake, session) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                  np.ndarray]: ...
+
+
+@runtime_checkable
+class Navigator(Protocol):
+    """Similar clients' course (`models.neighbours.NeighbourNavigator`)."""
+
+    max_session: int
+
+    def expected_course(self, X: pd.DataFrame, exclude=None) -> dict[str, np.ndarray]: ...
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """Learned adaptation suggestions (`models.recommender.RLearnerUplift` and peers)."""
+
+    def recommend(self, X: pd.DataFrame, top: int | None = 3, **kwargs) -> list: ...
 
 
 @dataclass
@@ -35,14 +77,14 @@ class Population:
 @dataclass
 class InstrumentModels:
     instrument: str
-    expected: Any  # models.expected.ExpectedResponse
-    failure: Any  # models.risk.GBMRisk or models.baseline.LogisticRisk
-    dropout: Any | None
-    navigator: Any | None  # models.neighbours.NeighbourNavigator
+    expected: ExpectedCourse
+    failure: RiskModel
+    dropout: RiskModel | None
+    navigator: Navigator | None
     population: Population
     validation: dict[str, Any] = field(default_factory=dict)
-    recommender: Any | None = None  # models.recommender.RLearnerUplift (None: rules only)
-    flag_policy: Any | None = None  # models.flag.FlagPolicy (None: deterioration rule only)
+    recommender: Recommender | None = None  # None: rules only
+    flag_policy: FlagPolicy | None = None  # None: deterioration rule only
     target: str = "failed"  # features.targets.TARGETS: what the failure model predicts
 
 

@@ -1,6 +1,7 @@
 """Load the fitted bundle for serving: from the MLflow registry (development) or from the
-BentoML model store (inside a Bento). Never imports `training/`; configures the MLflow URI
-itself, from settings, only when called.
+BentoML model store (inside a Bento), both through `models.registry.load_bundle` (the one
+loader, the one version string). Never imports `training/`; configures the MLflow URI itself,
+from settings, only when called.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from models.registry import load_bundle
 from serving.settings import ServingSettings
 
 
@@ -55,30 +57,10 @@ def resolve_version(settings: ServingSettings):
         ) from err
 
 
-def pin_threads(bundle, num_threads: int) -> None:
-    """Every booster of the bundle predicts with ``num_threads`` threads (the risk models pass
-    their ``n_jobs`` to every ``Booster.predict`` call; OpenMP would otherwise use every core
-    and a one-row prediction would pay for waking them)."""
-    for m in bundle.models.values():
-        for est in (m.failure, m.dropout):
-            if est is not None and "n_jobs" in est.get_params():
-                est.set_params(n_jobs=num_threads)
-
-
-def _finish(bundle, version: str, name: str, num_threads: int):
-    bundle.version = f"{name}/{version}"
-    bundle.check_compatible()
-    pin_threads(bundle, num_threads)
-    return bundle
-
-
 def load_from_registry(settings: ServingSettings) -> Loaded:
-    import mlflow.pyfunc
-
     mv = resolve_version(settings)
     uri = f"models:/{settings.model_name}/{mv.version}"
-    bundle = mlflow.pyfunc.load_model(uri).unwrap_python_model().bundle
-    bundle = _finish(bundle, str(mv.version), settings.model_name, settings.num_threads)
+    bundle = load_bundle(uri, num_threads=settings.num_threads)
     which = (f"@{settings.model_alias}" if not settings.model_version else "")
     return Loaded(bundle, f"models:/{settings.model_name}{which} (version {mv.version})",
                   str(mv.version), uri)
@@ -87,14 +69,12 @@ def load_from_registry(settings: ServingSettings) -> Loaded:
 def load_from_bentoml(settings: ServingSettings, path: str | None = None) -> Loaded:
     """From the BentoML store (or a stored model's folder, inside a Bento)."""
     import bentoml
-    import mlflow.pyfunc
 
     model = bentoml.models.get(settings.bento_model_tag)
     meta = dict(model.info.metadata)
     folder = path or model.path_of("mlflow_model")
-    bundle = mlflow.pyfunc.load_model(folder).unwrap_python_model().bundle
     version = str(meta.get("registry_version", model.tag.version))
-    bundle = _finish(bundle, version, settings.model_name, settings.num_threads)
+    bundle = load_bundle(folder, num_threads=settings.num_threads, version=version)
     return Loaded(bundle, f"bentoml:{model.tag}", version, str(meta.get("model_uri", "")))
 
 

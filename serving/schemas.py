@@ -4,11 +4,13 @@ Validation has three layers, all reported the same way (a JSON path naming the f
 and a message; never only the first problem):
 
 1. **Types** (pydantic, strict): wrong types, NaN/Infinity, unknown fields, empty lists.
-2. **Request structure** (`request_problems`): too many clients, one client id twice, sessions
-   not increasing, a client without any outcome-instrument score.
+2. **Request structure** (`request_problems`): what only the nested JSON can get wrong: one
+   client id twice, sessions not increasing.
 3. **The data contract**: the request becomes a contract-typed sessions frame and runs through
-   `features.contract.check_sessions`, the very rules `ontrack validate` applies to files; each
-   violation's row is mapped back to its place in the request.
+   `features.contract.check_sessions`, the very rules `ontrack validate` applies to files, and
+   `features.contract.check_assessable` (too many clients, a client without any
+   outcome-instrument score), the rules uploads and the pyfunc apply too; each violation's row
+   is mapped back to its place in the request.
 
 `EXAMPLE_INPUT` is the one example used by the OpenAPI docs, the tests, docs/service.md and the
 benchmark.
@@ -24,11 +26,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from features.contract import MAX_ITEMS, check_sessions
-from features.instruments import REGISTRY, Role
+from features.contract import MAX_ITEMS, check_assessable, check_sessions
+from features.instruments import REGISTRY
 from models.assess import Assessment
-
-_OUTCOME_CODES = frozenset(c for c, i in REGISTRY.items() if i.role is Role.OUTCOME)
 
 # ------------------------------------------------------------------------------------------
 # The one example (OpenAPI docs, tests, docs/service.md, benchmark)
@@ -188,14 +188,9 @@ def parse_request(body: bytes) -> tuple[AssessRequest | None, list[Problem]]:
         return None, pydantic_problems(err)
 
 
-def request_problems(req: AssessRequest, max_clients: int) -> list[Problem]:
-    """Request-structure rules (before the data contract)."""
+def request_problems(req: AssessRequest) -> list[Problem]:
+    """Request-structure rules of the nested JSON (before the data contract)."""
     out: list[Problem] = []
-    if len(req.clients) > max_clients:
-        out.append(Problem(field="clients", rule="too_many_clients",
-                           message=f"{len(req.clients)} clients in one request; at most "
-                           f"{max_clients} are accepted (split the request)"))
-        return out
     seen: dict[str, int] = {}
     for i, c in enumerate(req.clients):
         if c.client_id in seen:
@@ -205,7 +200,6 @@ def request_problems(req: AssessRequest, max_clients: int) -> list[Problem]:
         else:
             seen[c.client_id] = i
         prev = None
-        outcome = False
         for j, s in enumerate(c.sessions):
             if prev is not None and s.session <= prev:
                 out.append(Problem(field=f"clients[{i}].sessions[{j}].session",
@@ -213,13 +207,6 @@ def request_problems(req: AssessRequest, max_clients: int) -> list[Problem]:
                                    message=f"session {s.session} follows session {prev}: "
                                    "sessions must be strictly increasing, oldest first"))
             prev = s.session
-            outcome = outcome or any(x.instrument in _OUTCOME_CODES for x in s.scores)
-        known = all(x.instrument in REGISTRY for s in c.sessions for x in s.scores)
-        if not outcome and known:
-            out.append(Problem(field=f"clients[{i}].sessions", rule="no_outcome_score",
-                               message="at least one score on an outcome instrument (e.g. "
-                               "PHQ-9, GAD-7, ORS, CORE-10) is needed; alliance ratings alone "
-                               "cannot be assessed"))
     return out
 
 
@@ -290,8 +277,17 @@ def _field_for(paths: list[tuple[int, int, int]], row: int | None, column: str) 
     return f"clients[{i}].sessions[{j}].scores[{k}].{column}"
 
 
-def contract_problems(frames: RequestFrames) -> list[Problem]:
-    """`features.contract.check_sessions` on the request, mapped back to JSON paths."""
-    return [Problem(field=_field_for(frames.paths, v.row, v.column), rule=v.rule,
-                    message=v.message)
-            for v in check_sessions(frames.sessions, table="request")]
+def contract_problems(frames: RequestFrames, max_clients: int | None = None
+                      ) -> list[Problem]:
+    """The contract's rules on the request (`check_sessions`, then `check_assessable`),
+    mapped back to JSON paths."""
+    found = check_sessions(frames.sessions, table="request")
+    if not found:
+        found = check_assessable(frames.sessions, max_clients, table="request")
+    out = []
+    for v in found:
+        field = _field_for(frames.paths, v.row, v.column)
+        if v.rule == "no_outcome_score":
+            field = f"clients[{frames.paths[v.row - 1][0]}].sessions"
+        out.append(Problem(field=field, rule=v.rule, message=v.message))
+    return out

@@ -233,11 +233,11 @@ class OnTrack:
     # -------------------------------------------------------------------------- core logic
     def run(self, request: AssessRequest, clinic: str) -> tuple[int, Any]:
         """(status, body) for one validated-typed request; the HTTP route wraps this."""
-        problems = request_problems(request, self.settings.max_clients)
+        problems = request_problems(request)
         frames = None
         if not problems:
             frames = to_frames(request)
-            problems = contract_problems(frames)
+            problems = contract_problems(frames, self.settings.max_clients)
         if problems:
             return 422, ErrorResponse(error="invalid_request",
                                       message=f"{len(problems)} problem(s) in the request",

@@ -8,15 +8,14 @@ default secret).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_NAME = "ontrack-not-risk"  # the registered model (training/tracking.py uses the same name)
+from models.registry import MODEL_NAME, REPO_ROOT, tracking_uri
+
 BENTO_MODEL_TAG = f"{MODEL_NAME}:latest"
 PLACEHOLDER_SECRET = "development-only-change-me"
 
@@ -93,11 +92,6 @@ class ServingSettings(BaseSettings):
         return self
 
     def resolved_tracking_uri(self) -> str:
-        """ONTRACK_TRACKING_URI, else MLFLOW_TRACKING_URI, else SQLite under ONTRACK_MLFLOW_DIR
-        (default <repo>/mlflow/), the same rule as training/tracking.py."""
-        if self.tracking_uri:
-            return self.tracking_uri
-        if os.environ.get("MLFLOW_TRACKING_URI"):
-            return os.environ["MLFLOW_TRACKING_URI"]
-        store = Path(os.environ.get("ONTRACK_MLFLOW_DIR", REPO_ROOT / "mlflow"))
-        return f"sqlite:///{(store / 'mlflow.db').resolve()}"
+        """ONTRACK_TRACKING_URI, else the rule of `models.registry.tracking_uri`
+        (MLFLOW_TRACKING_URI, else SQLite under ONTRACK_MLFLOW_DIR, default <repo>/mlflow/)."""
+        return tracking_uri(self.tracking_uri)

@@ -31,7 +31,6 @@ audit rows the API writes too (pseudonyms, no scores). The service runs one work
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import secrets
@@ -55,7 +54,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from features.contract import validate_frames
+from features.contract import check_assessable, read_table, validate_frames
 from features.instruments import REGISTRY, Role
 from serving import charts
 from serving.settings import REPO_ROOT
@@ -64,7 +63,6 @@ log = logging.getLogger("serving.webview")
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "ontrack_ui"
-_OUTCOME = frozenset(c for c, i in REGISTRY.items() if i.role is Role.OUTCOME)
 _ALLIANCE = frozenset(c for c, i in REGISTRY.items() if i.role is Role.ALLIANCE)
 _SUPPORT = frozenset(c for c, i in REGISTRY.items() if i.role is Role.SUPPORT)
 
@@ -297,16 +295,6 @@ class Problem:
     message: str
 
 
-def _read(data: bytes, filename: str) -> pd.DataFrame:
-    """A table from uploaded bytes, typed as `features.contract.read_table` reads files."""
-    if filename.lower().endswith(".parquet"):
-        return pd.read_parquet(io.BytesIO(data))
-    return pd.read_csv(io.BytesIO(data), dtype={"client_id": "string", "clinic_id": "string",
-                                                "therapist_id": "string",
-                                                "instrument": "string"},
-                       keep_default_na=True)
-
-
 def _fmt(x: float | None) -> str:
     if x is None or not math.isfinite(x):
         return "–"
@@ -351,18 +339,10 @@ def _assess_cohort(st: _State, clinic: str, sessions: pd.DataFrame,
         return None, problems, 0
     s = cohort.sessions
     ids = pd.unique(s["client_id"])
-    limit = st.service.settings.max_clients
-    if len(ids) > limit:
-        return None, [Problem("sessions", None, "too_many_clients",
-                              f"{len(ids)} clients in the file; at most {limit} are assessed "
-                              "at once (ONTRACK_MAX_CLIENTS): split the file")], 0
-    has_outcome = s.loc[s["instrument"].isin(_OUTCOME), "client_id"].unique()
-    missing = [c for c in ids if c not in set(has_outcome)]
-    if missing:
-        return None, [Problem("sessions", None, "no_outcome_score",
-                              f"client {c} has no score on an outcome instrument (e.g. PHQ-9, "
-                              "GAD-7, ORS, CORE-10): alliance ratings alone cannot be assessed")
-                      for c in missing], 0
+    problems = [Problem(v.table, v.row, v.rule, v.message)
+                for v in check_assessable(s, st.service.settings.max_clients)]
+    if problems:
+        return None, problems, 0
     cov = None
     if len(cohort.clients):
         extra = [c for c in cohort.clients.columns if c not in {"client_id", "end_status"}]
@@ -430,7 +410,7 @@ async def upload(request: Request) -> Response:
                                 "choose a sessions file (CSV in the data contract's format)")]
         else:
             try:
-                tables = {k: _read(await f.read(), f.filename or "") for k, f in files.items()}
+                tables = {k: read_table(await f.read(), f.filename or "") for k, f in files.items()}
             except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
                 tables = None
                 problems = [Problem("upload", None, "unreadable",

@@ -145,6 +145,29 @@ def test_every_feature_has_a_sentence(env):
                 assert missing_templates(est.feature_names_) == []
 
 
+def test_the_registered_bundle_is_typed_and_loads_the_same_everywhere(env):
+    """Each model satisfies the protocol the assessment calls; the service's loader and the
+    one registry loader give the same version string."""
+    from models.bundle import ExpectedCourse, Navigator, Recommender, RiskModel
+    from models.flag import FlagPolicy
+    from models.registry import load_bundle
+    from serving.loader import load_from_registry
+    from serving.settings import ServingSettings
+
+    loaded = load_from_registry(ServingSettings())
+    bundle = loaded.bundle
+    assert bundle.version == f"ontrack-not-risk/{loaded.version}"
+    assert load_bundle("models:/ontrack-not-risk@champion").version == bundle.version
+    for m in bundle.models.values():
+        assert isinstance(m.failure, RiskModel)
+        assert m.dropout is None or isinstance(m.dropout, RiskModel)
+        assert isinstance(m.expected, ExpectedCourse)
+        assert m.navigator is None or isinstance(m.navigator, Navigator)
+        assert m.recommender is None or isinstance(m.recommender, Recommender)
+        assert m.flag_policy is None or isinstance(m.flag_policy, FlagPolicy)
+    assert not isinstance(object(), RiskModel)
+
+
 def test_safety_states_and_crisis_first(client, keys):
     flag = one("f", [{"session": 1, "scores": [{"instrument": "PHQ-9", "score": 20,
                                                 "items": {"9": 2}}]},

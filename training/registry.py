@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from features.pointintime import FEATURE_VERSION
 from models.pyfunc import INPUT_COLUMNS, OPTIONAL_COLUMNS, OnTrackModel, signature
+from models.registry import load_bundle  # noqa: F401  (the one loader, re-exported)
 from training.dataset import TrainingRows
 from training.metrics import METRICS, paired_difference
 from training.tracking import MODEL_NAME, REPO_ROOT
@@ -62,21 +63,6 @@ def champion_version() -> str | None:
         return str(client.get_model_version_by_alias(MODEL_NAME, "champion").version)
     except mlflow.exceptions.MlflowException:
         return None
-
-
-def load_bundle(uri: str):
-    """The fitted bundle behind a model URI (``models:/ontrack-not-risk@champion``, ...)."""
-    loaded = mlflow.pyfunc.load_model(uri)
-    bundle = loaded.unwrap_python_model().bundle
-    if uri.startswith("models:/"):
-        name_ref = uri.removeprefix("models:/")
-        client = MlflowClient()
-        if "@" in name_ref:
-            name, alias = name_ref.split("@", 1)
-            bundle.version = str(client.get_model_version_by_alias(name, alias).version)
-        elif "/" in name_ref:
-            bundle.version = name_ref.split("/", 1)[1]
-    return bundle
 
 
 @dataclass

@@ -18,23 +18,13 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_STORE = REPO_ROOT / "mlflow"
+from models.registry import MODEL_NAME, REPO_ROOT, store_dir, tracking_uri  # noqa: F401
+
 EXPERIMENT = "ontrack-not-on-track"
-MODEL_NAME = "ontrack-not-risk"
-
-
-def tracking_uri(store: Path | None = None) -> str:
-    """`MLFLOW_TRACKING_URI` if set, else SQLite under `mlflow/`."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    store = (store or Path(os.environ.get("ONTRACK_MLFLOW_DIR", DEFAULT_STORE))).resolve()
-    return f"sqlite:///{store / 'mlflow.db'}"
 
 
 def artifact_root(store: Path | None = None) -> str:
-    store = (store or Path(os.environ.get("ONTRACK_MLFLOW_DIR", DEFAULT_STORE))).resolve()
-    return (store / "artifacts").as_uri()
+    return ((store or store_dir()).resolve() / "artifacts").as_uri()
 
 
 def configure(experiment: str = EXPERIMENT) -> str:
