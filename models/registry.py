@@ -31,6 +31,28 @@ def tracking_uri(explicit: str | None = None) -> str:
     return f"sqlite:///{store_dir() / 'mlflow.db'}"
 
 
+#: What the logged model needs to load and assess (features/ and models/ ship as its code).
+MODEL_PACKAGES = ("numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "lightgbm", "mlflow",
+                  "pydantic", "pandera", "structlog")
+
+
+def model_requirements(lock: Path | None = None) -> list[str]:
+    """Pinned requirements of the logged model from the one source, ``uv.lock`` (the Bento's
+    come from the same file through ``uv export``); where the lock file is not at hand (an
+    installed copy), the versions installed here."""
+    lock = lock or REPO_ROOT / "uv.lock"
+    if lock.exists():
+        import tomllib
+
+        pins = {p["name"]: p["version"] for p in tomllib.loads(lock.read_text())["package"]
+                if "version" in p}
+    else:
+        from importlib.metadata import version
+
+        pins = {name: version(name) for name in MODEL_PACKAGES}
+    return [f"{name}=={pins[name]}" for name in MODEL_PACKAGES]
+
+
 def version_label(name: str, version: str) -> str:
     """The one version string of a loaded bundle."""
     return f"{name}/{version}"

@@ -43,6 +43,9 @@ def service_env(settings: ServingSettings) -> dict[str, str]:
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     env.setdefault("OMP_NUM_THREADS", str(settings.num_threads))
     env.setdefault("ONTRACK_TRACKING_URI", settings.resolved_tracking_uri())
+    workers = f"services.ontrack.workers={settings.workers}"  # overrides the decorator's 1
+    env["BENTOML_CONFIG_OPTIONS"] = " ".join(
+        x for x in (env.get("BENTOML_CONFIG_OPTIONS", ""), workers) if x)
     return env
 
 

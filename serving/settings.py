@@ -57,6 +57,9 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body.")
     horizon: int = Field(4, ge=1, le=12, description="Sessions ahead in the expected course.")
     num_threads: int = Field(1, ge=1, description="LightGBM threads on the request path.")
+    workers: int = Field(1, ge=1, le=64, description="Service worker processes (`ontrack "
+                         "serve`): each loads the bundle and answers requests on its own core; "
+                         "one per core serves concurrent callers (docs/service.md, Speed).")
     gc_threshold: int = Field(
         50_000, ge=0, description="Allocations between young-generation garbage collections "
         "on the request path (Python's default is 700). After start-up the loaded bundle is "

@@ -82,6 +82,7 @@ def register(bundle, store: Path) -> str:
     from mlflow.tracking import MlflowClient
 
     from models.pyfunc import OnTrackModel
+    from models.registry import model_requirements
 
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     store.mkdir(parents=True, exist_ok=True)
@@ -95,8 +96,7 @@ def register(bundle, store: Path) -> str:
         info = mlflow.pyfunc.log_model(
             name="model", python_model=OnTrackModel(bundle),
             code_paths=[str(REPO / "features"), str(REPO / "models")],
-            pip_requirements=["lightgbm==4.7.0", "pandas>=3.1,<3.2", "numpy>=2.4,<2.5",
-                              "scikit-learn>=1.9.1,<1.10", "mlflow>=3.17.2,<3.18"])
+            pip_requirements=model_requirements())
     mv = mlflow.register_model(info.model_uri, MODEL_NAME)
     client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
     return uri

@@ -151,6 +151,23 @@ def test_the_registered_pyfunc_takes_the_services_input_and_returns_its_assessme
         m.predict(bad)
 
 
+def test_the_logged_model_pins_the_lock_files_versions(trained):
+    import tomllib
+
+    import mlflow
+
+    from models.registry import REPO_ROOT, model_requirements
+
+    path = mlflow.pyfunc.get_model_dependencies("models:/ontrack-not-risk@champion")
+    logged = [ln.strip() for ln in open(path) if "==" in ln]
+    lock = {p["name"]: p["version"] for p in
+            tomllib.loads((REPO_ROOT / "uv.lock").read_text())["package"] if "version" in p}
+    assert set(model_requirements()) <= set(logged)
+    for pin in model_requirements():
+        name, version = pin.split("==")
+        assert lock[name] == version
+
+
 def test_renaming_ids_changes_no_prediction(trained):
     from training.registry import load_bundle
 

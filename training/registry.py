@@ -20,7 +20,10 @@ from mlflow.tracking import MlflowClient
 
 from features.pointintime import FEATURE_VERSION
 from models.pyfunc import INPUT_COLUMNS, OPTIONAL_COLUMNS, OnTrackModel, signature
-from models.registry import load_bundle  # noqa: F401  (the one loader, re-exported)
+from models.registry import (
+    load_bundle,  # noqa: F401  (the one loader, re-exported)
+    model_requirements,
+)
 from training.dataset import TrainingRows
 from training.metrics import METRICS, paired_difference
 from training.tracking import MODEL_NAME, REPO_ROOT
@@ -28,11 +31,6 @@ from training.tracking import MODEL_NAME, REPO_ROOT
 BRIER_TOLERANCE = 0.005
 MIN_GATE_CLIENTS = 100  # held-out clients with a known outcome needed to decide anything
 
-PIP_REQUIREMENTS = [
-    "numpy>=2.4,<2.5", "pandas>=3.1,<3.2", "scipy>=1.14", "scikit-learn==1.9.1",
-    "lightgbm==4.7.0", "mlflow>=3.17.2,<3.18", "pydantic>=2.14,<3", "pandera>=0.26",
-    "structlog>=25.1", "pyarrow>=20",
-]
 
 
 def log_bundle(bundle, input_example: pd.DataFrame) -> mlflow.models.model.ModelInfo:
@@ -46,7 +44,7 @@ def log_bundle(bundle, input_example: pd.DataFrame) -> mlflow.models.model.Model
         name="model", python_model=model, signature=signature(model.predict(None, example)),
         input_example=example,
         code_paths=[str(REPO_ROOT / "features"), str(REPO_ROOT / "models")],
-        pip_requirements=PIP_REQUIREMENTS)
+        pip_requirements=model_requirements())
 
 
 def register(model_uri: str, tags: dict[str, str] | None = None) -> str:
