@@ -176,6 +176,10 @@ class Assessment(BaseModel):
     agreement: str | None = Field(None, description="Set when the latest signal and the flag "
                                   "disagree.")
     course: list[CoursePoint] = []
+    course_so_far: list[CoursePoint] = Field(
+        [], description="The expected course at each earlier score after the first, the "
+        "latest included (what was expected there; it depends on what was known at intake "
+        "only, so it is also what was shown at the time): for charts of the course so far.")
     change: ChangeStatus
     alliance: AllianceStatus
     explanation: Explanation | None = None
@@ -455,6 +459,7 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
     risk = [None] * n
     explanation = [None] * n
     courses = [[] for _ in range(n)]
+    so_far = [[] for _ in range(n)]
     source = np.full(n, "none", dtype=object)
     notes = [[] for _ in range(n)]
     pop = [None] * n
@@ -476,15 +481,17 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
         med_h, bnd_h, src_h, nav = _expected_rows(m, _session_one(hist), ids, code,
                                                   colh["intake_score"], colh["session"])
         ahead = session[:, None] + np.arange(1, horizon + 1)[None, :]
-        cm, cl, cu, cb = m.expected.expected(np.repeat(intake[:, None], horizon, axis=1),
-                                             ahead)
-        if nav is not None:  # the neighbours' course replaces it where it exists
-            S = m.navigator.max_session
-            r = np.arange(n)
-            j = np.clip(ahead.astype(int), 1, S) - 1
-            ok = np.isfinite(nav["boundary"][r[:, None], j]) & (ahead <= S)
-            cm, cl, cu, cb = (np.where(ok, nav[key][r[:, None], j], old) for key, old in
-                              (("median", cm), ("lower", cl), ("upper", cu), ("boundary", cb)))
+        cm, cl, cu, cb = _course_at(m, nav, np.arange(n), intake, ahead)
+        # the course so far: at each earlier score after the first (what was expected there)
+        past = np.flatnonzero(np.r_[False, code[1:] == code[:-1]]) if nh else np.empty(0, int)
+        pm, pl, pu, pb = _course_at(m, nav, code[past], colh["intake_score"][past],
+                                    colh["session"][past, None])
+        for i, row in enumerate(past.tolist()):
+            if np.isfinite(pm[i, 0]) and np.isfinite(pb[i, 0]):
+                so_far[code[row]].append(_build(CoursePoint,
+                    session=int(colh["session"][row]), expected=float(pm[i, 0]),
+                    lower=float(pl[i, 0]), upper=float(pu[i, 0]),
+                    failure_boundary=float(pb[i, 0])))
         source = src_h[last]
         Mh = m.failure.transform_features(Xh)
         M = Mh[last]
@@ -567,7 +574,7 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
                 colour=colour, reason=str(reasons[k]),
                 boundary_source=str(source[k]) if colour != "grey" else "none"),
             agreement=_agreement(colour, fl),
-            course=courses[k],
+            course=courses[k], course_so_far=so_far[k],
             change=_build(ChangeStatus,
                 category=None if cats[k] is None else str(cats[k]),
                 summary=change_words(intake[k], latest[k], inst), improvement_points=imp,
@@ -605,6 +612,24 @@ def _eligible(sessions: pd.DataFrame, inst, target: str, intake: np.ndarray,
     return eligible_at_intake(intake, inst.code, target,
                               _first_scores(sessions, other, ids)
                               if target == "failed_nhs" else None)
+
+
+def _course_at(m, nav, client: np.ndarray, intake: np.ndarray, at: np.ndarray):
+    """The expected course (median, lower, upper, boundary), each shaped like ``at``, at the
+    sessions ``at`` (rows x k) of rows with ``intake`` (per row) of the clients ``client``
+    (indices into ``nav``, the navigator's course per client, or None): the neighbours'
+    course where it exists, the expected-response curve elsewhere."""
+    at = np.asarray(at, dtype=float)
+    out = m.expected.expected(np.repeat(np.asarray(intake, float)[:, None], at.shape[1],
+                                        axis=1), at)
+    if nav is None:
+        return out
+    S = m.navigator.max_session
+    r = np.asarray(client)[:, None]
+    j = np.clip(at.astype(int), 1, S) - 1
+    ok = np.isfinite(nav["boundary"][r, j]) & (at <= S)
+    return tuple(np.where(ok, nav[key][r, j], old) for key, old in
+                 zip(("median", "lower", "upper", "boundary"), out, strict=True))
 
 
 def _session_one(hist):

@@ -465,35 +465,6 @@ async def demo(request: Request) -> Response:
 # ------------------------------------------------------------------------------------------
 # Client page
 # ------------------------------------------------------------------------------------------
-def _past_course(st: _State, history: pd.DataFrame, instrument: str
-                 ) -> list[charts.CoursePoint]:
-    """The expected course at each past session as the service computed it from the sessions
-    before it: the same `bundle.assess` on the client's earlier histories (one call)."""
-    svc = st.service
-    horizon = svc.settings.horizon
-    times = sorted(history.loc[history["instrument"] == instrument, "session"].unique())
-    parts, nxt = [], {}
-    for k, (t, t_next) in enumerate(zip(times, times[1:], strict=False)):
-        if t_next - t > horizon:
-            continue
-        pid = f"p{k}"
-        parts.append(history[history["session"] <= t].assign(client_id=pid))
-        nxt[pid] = int(t_next)
-    if not parts:
-        return []
-    frame = pd.concat(parts, ignore_index=True)
-    frame["client_id"] = frame["client_id"].astype("string")
-    out = []
-    for a in svc.bundle.assess(frame, None, horizon=horizon):
-        if a.instrument != instrument:
-            continue
-        for c in a.course:
-            if c.session == nxt[a.client_id]:
-                out.append(charts.CoursePoint(c.session, c.expected, c.lower, c.upper,
-                                              c.failure_boundary))
-    return out
-
-
 def _checklist(a: Any, history: pd.DataFrame) -> dict[str, Any] | None:
     """The latest clinical-support checklist at or before the assessed session, one line per
     domain in words (a table, not a chart: the total of a checklist is not a course)."""
@@ -539,9 +510,9 @@ def _charts(st: _State, a: Any, history: pd.DataFrame) -> list[dict[str, Any]]:
         course: list[charts.CoursePoint] = []
         note = ""
         if code == a.instrument and a.course:
-            course = _past_course(st, history, code) + [
-                charts.CoursePoint(c.session, c.expected, c.lower, c.upper, c.failure_boundary)
-                for c in a.course]
+            course = [charts.CoursePoint(c.session, c.expected, c.lower, c.upper,
+                                         c.failure_boundary)
+                      for c in (*a.course_so_far, *a.course)]
             note = ("Past sessions: the band and boundary expected from the sessions before "
                     f"each one; sessions {a.course[0].session}–{a.course[-1].session}: the "
                     "expected course from today's assessment.")

@@ -168,6 +168,32 @@ def test_the_registered_bundle_is_typed_and_loads_the_same_everywhere(env):
     assert not isinstance(object(), RiskModel)
 
 
+def test_the_course_so_far_is_what_was_expected_at_the_time(env):
+    """Each past point equals the forward course of the assessment made at the score before
+    it (re-assessing the earlier history): the chart's past bands need no second pass."""
+    from features.contract import load_cohort
+    from serving.loader import load_from_registry
+    from serving.settings import ServingSettings
+
+    bundle = load_from_registry(ServingSettings()).bundle
+    s = load_cohort(env / "cohort").sessions
+    checked = 0
+    for cid in s["client_id"].unique()[:40]:
+        h = s[s["client_id"] == cid]
+        a = bundle.assess(h)[0]
+        for point in a.course_so_far:
+            earlier = h[h["session"] < point.session]
+            before = bundle.assess(earlier)[0]
+            ahead = {c.session: c for c in before.course}
+            if point.session not in ahead:  # further ahead than the horizon
+                continue
+            c = ahead[point.session]
+            assert (c.expected, c.lower, c.upper, c.failure_boundary) == pytest.approx(
+                (point.expected, point.lower, point.upper, point.failure_boundary), abs=1e-9)
+            checked += 1
+    assert checked > 50
+
+
 def test_safety_states_and_crisis_first(client, keys):
     flag = one("f", [{"session": 1, "scores": [{"instrument": "PHQ-9", "score": 20,
                                                 "items": {"9": 2}}]},
