@@ -1,7 +1,7 @@
 """Serving commands for `ontrack`: serve, build, keys (add/list/revoke), audit (export).
 
-`training/cli.py` calls `register(app)` lazily; nothing here imports training code or BentoML
-at import time.
+`register(app)` is the `ontrack.commands` entry point (pyproject.toml), called by the `ontrack`
+command at start; nothing here imports training code, or BentoML at import time.
 """
 
 from __future__ import annotations
