@@ -7,8 +7,11 @@ import pandas as pd
 
 from training.dataset import TrainingRows
 from training.metrics import at_threshold, bootstrap, net_benefit, subgroup_table
-from training.pipeline import LABELS
 
+#: Display names of the compared models (tables, plots, the model card).
+LABELS = {"expected_response": "Expected response (Finch/Lambert)",
+          "neighbours": "Nearest neighbours (Trier)", "gbm": "Gradient boosting (LightGBM)",
+          "logistic": "Logistic regression", "oracle": "Bayes oracle (simulation truth)"}
 SESSIONS = (1, 2, 3, 4, 5, 6)
 
 

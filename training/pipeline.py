@@ -28,11 +28,9 @@ from models.flag import BY_SESSION, DEFAULT_BUDGET, FlagPolicy, Outcomes, fit_po
 from models.neighbours import NeighbourNavigator
 from models.risk import MIN_TRAINING_CASES, GBMRisk, InsufficientDataError
 from training.dataset import TrainingRows, build_rows, holdout_mask, outcome_instruments
+from training.evaluate import LABELS  # noqa: F401  (the models' display names)
 
 MODELS = ("expected_response", "neighbours", "gbm", "logistic")
-LABELS = {"expected_response": "Expected response (Finch/Lambert)",
-          "neighbours": "Nearest neighbours (Trier)", "gbm": "Gradient boosting (LightGBM)",
-          "logistic": "Logistic regression", "oracle": "Bayes oracle (simulation truth)"}
 #: The simulator's oracle is the probability of `failed` on PHQ-9 (features/targets.py).
 ORACLE_INSTRUMENT = "PHQ-9"
 #: The absolute minimum to train anything: clients with a known outcome, and events per class.

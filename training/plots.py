@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from training.pipeline import LABELS  # noqa: E402
+from training.evaluate import LABELS  # noqa: E402
 
 COLOURS = {"expected_response": "#7f7f7f", "neighbours": "#1f77b4", "gbm": "#d62728",
            "logistic": "#2ca02c", "oracle": "#000000"}

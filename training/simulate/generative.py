@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import training.simulate.kernels as K
 from features.targets import targets
-from training.simulate import kernels as K
 from training.simulate.params import (
     AGE_BANDS,
     DEFAULT,

@@ -34,7 +34,7 @@ import math
 import numba as nb
 import numpy as np
 
-from training.simulate import kernels as K
+import training.simulate.kernels as K
 from training.simulate.kernels import (
     D_ALL,
     D_LE,
