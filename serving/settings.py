@@ -1,4 +1,7 @@
-"""Service settings (pydantic-settings, environment prefix ``ONTRACK_``).
+"""Service and web view settings (pydantic-settings, environment prefix ``ONTRACK_``): one
+object, read once. The store rule and the model name come from `models.registry` (the same for
+training); training's own choices (folds, model sizes, the flag budget) are arguments of
+`training.pipeline.Settings`, not environment settings.
 
 Read once by each entry point (`ontrack serve`, the service's start-up); importing this module
 reads nothing, creates nothing and sets no tracking URI. A placeholder secret is refused outside
@@ -72,6 +75,18 @@ class ServingSettings(BaseSettings):
         "(JSON, e.g. {\"clinic-a\": 0.2}). Clinics not listed use the bundle's budget "
         "(chosen at training, default 0.30). The entry threshold comes from the curve stored "
         "with the bundle; nothing is refitted.")
+    # ---- the web view
+    demo_path: Path = Field(REPO_ROOT / "data" / "demo" / "sessions.csv",
+                            description="The demo cohort's sessions file (written by "
+                            "`ontrack demo`); a clients file next to it is used too.")
+    demo_clients: int = Field(200, ge=1, description="Clients of the demo file shown (the "
+                              "first ones in the file).")
+    ui_max_sessions: int = Field(100, ge=1, description="Browser sessions kept in memory "
+                                 "(each with at most one caseload); the oldest is evicted.")
+    ui_idle_minutes: int = Field(480, ge=1, description="A browser session ends after this "
+                                 "long without a request.")
+    ui_max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024,
+                                     description="Largest upload (all files together).")
     # ---- server
     host: str = "127.0.0.1"
     port: int = 3000

@@ -43,8 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -57,7 +55,6 @@ from starlette.templating import Jinja2Templates
 from features.contract import check_assessable, read_table, validate_frames
 from features.instruments import REGISTRY, Role
 from serving import charts
-from serving.settings import REPO_ROOT
 
 log = logging.getLogger("serving.webview")
 
@@ -88,24 +85,6 @@ FLAGS: dict[str, tuple[str, str]] = {
 }
 
 
-class WebViewSettings(BaseSettings):
-    """The web view's settings (environment prefix ``ONTRACK_``), read at first use."""
-
-    model_config = SettingsConfigDict(env_prefix="ONTRACK_", extra="ignore")
-
-    demo_path: Path = Field(REPO_ROOT / "data" / "demo" / "sessions.csv",
-                            description="The demo cohort's sessions file (written by "
-                            "`ontrack demo`); a clients file next to it is used too.")
-    demo_clients: int = Field(200, ge=1, description="Clients of the demo file shown (the "
-                              "first ones in the file).")
-    ui_max_sessions: int = Field(100, ge=1, description="Browser sessions kept in memory "
-                                 "(each with at most one caseload); the oldest is evicted.")
-    ui_idle_minutes: int = Field(480, ge=1, description="A browser session ends after this "
-                                 "long without a request.")
-    ui_max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024,
-                                     description="Largest upload (all files together).")
-
-
 # ------------------------------------------------------------------------------------------
 # In-memory state: browser sessions and their caseload
 # ------------------------------------------------------------------------------------------
@@ -131,7 +110,7 @@ class _State:
         from serving.auth import KeyStore
 
         self.service = service
-        self.settings = WebViewSettings()
+        self.settings = service.settings  # one settings object (serving/settings.py)
         self.keys = KeyStore(service.settings.keys_path)
         self.sessions: OrderedDict[str, UiSession] = OrderedDict()
         self.lock = threading.Lock()

@@ -392,8 +392,9 @@ def test_no_external_references_and_strict_csp(demo_browser):
 
 def test_session_store_evicts_the_oldest(tmp_path):
     from serving import webview
+    from serving.settings import ServingSettings
 
-    svc = SimpleNamespace(settings=SimpleNamespace(keys_path=tmp_path / "k.sqlite",
+    svc = SimpleNamespace(settings=ServingSettings(keys_path=tmp_path / "k.sqlite",
                                                    require_auth=False))
     st = webview._State(svc)
     st.settings.ui_max_sessions = 3
