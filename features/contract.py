@@ -301,14 +301,15 @@ SESSION_RULES: tuple[Rule, ...] = (
 
 
 def check_sessions(frame: pd.DataFrame, table: str = "sessions",
-                   max_per_rule: int = 1000) -> list[Violation]:
+                   max_per_rule: int = 1000, rows: Rows | None = None) -> list[Violation]:
     """Run every content rule on a typed sessions frame; return every violation.
 
     Expects the columns of the contract with their types (client_id string, session integer,
     instrument string, score float, date datetime). Rows are reported 1-based in frame order.
+    ``rows``: the frame's `Rows`, when the caller runs `check_assessable` on them too.
     """
-    frame = frame.reset_index(drop=True)
-    cols = Rows(frame)
+    cols = rows if rows is not None else Rows(frame.reset_index(drop=True))
+    frame = cols.frame
     out: list[Violation] = []
     for rule in SESSION_RULES:
         bad = rule.bad(cols)
@@ -327,13 +328,13 @@ def check_sessions(frame: pd.DataFrame, table: str = "sessions",
 
 
 def check_assessable(frame: pd.DataFrame, max_clients: int | None = None,
-                     table: str = "sessions") -> list[Violation]:
+                     table: str = "sessions", rows: Rows | None = None) -> list[Violation]:
     """The rules of an assessment (API request, upload, pyfunc input), on a typed sessions
     frame: at most ``max_clients`` clients at once (``too_many_clients``), and every client
     with a score on an outcome instrument (``no_outcome_score``: alliance ratings alone
     cannot be assessed; clients with an unknown instrument are left to
     ``instrument_unknown``). Rows are 1-based in frame order, the client's first row."""
-    cols = Rows(frame.reset_index(drop=True))
+    cols = rows if rows is not None else Rows(frame.reset_index(drop=True))
     ids = cols.client_ids
     if max_clients is not None and len(ids) > max_clients:
         return [Violation(table, "too_many_clients", "client_id",

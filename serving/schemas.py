@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from features.contract import MAX_ITEMS, check_assessable, check_sessions
+from features.contract import MAX_ITEMS, Rows, check_assessable, check_sessions
 from features.instruments import REGISTRY
 from models.assess import Assessment
 
@@ -281,9 +281,10 @@ def contract_problems(frames: RequestFrames, max_clients: int | None = None
                       ) -> list[Problem]:
     """The contract's rules on the request (`check_sessions`, then `check_assessable`),
     mapped back to JSON paths."""
-    found = check_sessions(frames.sessions, table="request")
+    rows = Rows(frames.sessions)  # one conversion for both rule sets (a fresh RangeIndex)
+    found = check_sessions(frames.sessions, table="request", rows=rows)
     if not found:
-        found = check_assessable(frames.sessions, max_clients, table="request")
+        found = check_assessable(frames.sessions, max_clients, table="request", rows=rows)
     out = []
     for v in found:
         field = _field_for(frames.paths, v.row, v.column)
