@@ -337,7 +337,7 @@ def demo(
         console.print(table)
     with _progress() as bar:
         task = bar.add_task("training", total=None)
-        result = run_training(cohort, out, Settings(seed=seed), instruments=["PHQ-9"],
+        result = run_training(cohort, out, Settings(seed=seed), instruments=None,
                               n_boot=100, progress=lambda m: bar.update(task, description=m))
         bar.update(task, description="done")
     print_training_report(result)
