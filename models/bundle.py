@@ -112,9 +112,3 @@ class Bundle:
 
         return assess(self, sessions, covariates=covariates, horizon=horizon, budget=budget,
                       alliance_after=alliance_after)
-
-    def predict_frame(self, sessions: pd.DataFrame) -> pd.DataFrame:
-        """Tabular predictions, one row per client (the MLflow pyfunc output)."""
-        from models.pyfunc import summary_frame
-
-        return summary_frame(self.assess(sessions))
