@@ -2,7 +2,7 @@
 trees x leaves x depth^2, so the size is a latency decision; record its accuracy cost).
 
 Run: `uv run python benchmarks/bench_model_size.py [--clients 20000]`
-Fits the failure model at several sizes on the same simulated cohort (the gate hold-out is
+Fits the not-on-track risk model at several sizes on the same simulated cohort (the gate hold-out is
 the test set), then times LightGBM's native contributions (= TreeSHAP) with one thread.
 """
 
@@ -37,7 +37,7 @@ def main() -> None:
     dev, hold = split_for_gate(build_rows(cohort, "PHQ-9"))
     t = hold.keys["session"].to_numpy()
     m3 = (t == 3) & np.isfinite(hold.failed)
-    table = Table(title=f"Failure model size, {args.clients:,} simulated clients "
+    table = Table(title=f"Not-on-track risk model size, {args.clients:,} simulated clients "
                   f"(test: {int(m3.sum()):,} held-out rows at session 3)")
     for c in ("trees x leaves, depth", "AUROC s3 [95% CI]", "Brier s3", "SHAP us/row (batch)",
               "SHAP us (1 row)", "fit s"):

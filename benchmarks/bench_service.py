@@ -22,7 +22,7 @@ contributions for one row (benchmarks/peer_service.py). Then, in one run:
    `Bundle.assess` alone, for 1,000 clients in one call and for one client. Targets: >= 5,000
    explained clients per second in batches, >= 1,000 per second one at a time.
 5. **Model size**: TreeSHAP cost (`pred_contrib`, microseconds per row, one thread) and the
-   out-of-fold AUC of the failure model for a few sizes (the accuracy cost of a reduction).
+   out-of-fold AUC of the not-on-track risk model for a few sizes (the accuracy cost of a reduction).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def start_server(env: dict, target: str = "serving.service:OnTrack",
 
 
 def peer_row() -> list[float | None]:
-    """The failure model's input row for the first example client (what the peer scores)."""
+    """The not-on-track risk model's input row for the first example client (what the peer scores)."""
     from features.pointintime import point_in_time
     from serving.loader import load
     from serving.schemas import AssessRequest, to_frames
@@ -385,7 +385,7 @@ def main() -> None:
                   "at a time")
 
     if not args.skip_sizes:
-        t = Table(title="Model size: TreeSHAP cost vs out-of-fold AUC (PHQ-9 failure model)")
+        t = Table(title="Model size: TreeSHAP cost vs out-of-fold AUC (PHQ-9 not-on-track risk model)")
         for col in ("booster", "pred_contrib 1 row (us)", "per row in a batch (us)",
                     "OOF AUC"):
             t.add_column(col)

@@ -1,6 +1,6 @@
 """The benchmark's peer: a plain BentoML service around the same booster, nothing else.
 
-`POST /predict` takes one model-input row (`{"row": [...]}`, the failure model's transformed
+`POST /predict` takes one model-input row (`{"row": [...]}`, the not-on-track risk model's transformed
 features) and returns the booster's probability and its TreeSHAP contributions
 (`pred_contrib`). It is what an explained prediction costs with no assessment around it:
 `benchmarks/bench_service.py` compares `/v1/assess` of the real service with it. The booster

@@ -85,7 +85,7 @@ class InstrumentModels:
     validation: dict[str, Any] = field(default_factory=dict)
     recommender: Recommender | None = None  # None: rules only
     flag_policy: FlagPolicy | None = None  # None: deterioration rule only
-    target: str = "failed"  # features.targets.TARGETS: what the failure model predicts
+    target: str = "failed"  # features.targets.TARGETS: what the not-on-track risk model predicts
 
 
 @dataclass

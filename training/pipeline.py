@@ -234,7 +234,7 @@ def fit_instrument(cohort: Cohort, rows: TrainingRows, settings: Settings,
 
 
 def oof_risk(failure, n_rows: int) -> np.ndarray:
-    """The failure model's out-of-fold risks (its calibration folds, grouped by client) per
+    """The not-on-track risk model's out-of-fold risks (its calibration folds, grouped by client) per
     training row; NaN on rows without a known outcome."""
     p = np.full(n_rows, np.nan)
     p[failure.oof_rows_] = failure.oof_proba_
@@ -245,7 +245,7 @@ def fit_flag_policy(cohort: Cohort, rows: TrainingRows, models: InstrumentModels
                     settings: Settings) -> FlagPolicy:
     """The flag policy for the training clients: their history as of sessions 1..6 with the
     signal of the fitted expected course (a client is never its own neighbour) and the
-    failure model's OUT-OF-FOLD risks, then the entry threshold for the budget
+    not-on-track risk model's OUT-OF-FOLD risks, then the entry threshold for the budget
     (`models.flag.fit_policy`)."""
     from models.assess import policy_history
     from training.metrics import METRICS
