@@ -57,6 +57,12 @@ DEFAULT_MATCH_FEATURES: tuple[str, ...] = (
 _CHUNK = 4096  # query rows per block (k x max_session floats each)
 
 
+def _squared(P: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Squared distances between broadcast points and queries, summed over the last axis: the
+    one formula both searches use, so that a tie is broken the same way in both."""
+    return ((P - z) ** 2).sum(axis=-1)
+
+
 def reference_positions(groups) -> np.ndarray:
     """Position of each row's client in the reference (the order of its sorted ids at fit)."""
     return pd.factorize(pd.Series(np.asarray(groups)), sort=True)[0]
@@ -240,11 +246,17 @@ class NeighbourNavigator(_FeatureContract, BaseEstimator):
             n_ref = tree.n_samples_fit_
             m = min(2 * k, n_ref)
             d, idx = tree.kneighbors(Zq, n_neighbors=m)
-            order = np.lexsort((idx, d), axis=1)[:, :k]
-            d_k, i_k = (np.take_along_axis(a, order, axis=1) for a in (d, idx))
             if points is None:
-                return d_k, i_k
-            unsure = (d[:, -1] <= d_k[:, -1]) & (m < n_ref)
+                order = np.lexsort((idx, d), axis=1)[:, :k]
+                return tuple(np.take_along_axis(a, order, axis=1) for a in (d, idx))
+            # the candidates' distances recomputed exactly as the brute search computes them:
+            # the tree's own can differ in the last bit, which reorders a tie (two points at
+            # the same distance in exact arithmetic) between a batch and a single request
+            d2 = _squared(points[t][idx], Zq[:, None, :])
+            order = np.lexsort((idx, d2), axis=1)[:, :k]
+            d2_k, i_k = (np.take_along_axis(a, order, axis=1) for a in (d2, idx))
+            unsure = (d[:, -1] ** 2 <= d2_k[:, -1] * (1 + 1e-9)) & (m < n_ref)
+            d_k = np.sqrt(d2_k)
             if unsure.any():
                 d_k[unsure], i_k[unsure] = self._brute(points[t], Zq[unsure], k)
             return d_k, i_k
@@ -255,7 +267,7 @@ class NeighbourNavigator(_FeatureContract, BaseEstimator):
         out_d, out_i = np.empty((len(Zq), k)), np.empty((len(Zq), k), dtype=np.int64)
         for start in range(0, len(Zq), 64):  # bounded memory: 64 x reference x features
             z = Zq[start:start + 64]
-            d2 = ((P[None, :, :] - z[:, None, :]) ** 2).sum(axis=2)
+            d2 = _squared(P[None, :, :], z[:, None, :])
             kth = np.partition(d2, k - 1, axis=1)[:, k - 1]
             for r in range(len(z)):  # every point up to the k-th distance, ties included
                 cand = np.flatnonzero(d2[r] <= kth[r])

@@ -337,12 +337,37 @@ def test_logistic_contributions_sum_to_the_logit():
 
 
 def test_brute_force_and_tree_neighbours_agree():
-    """A request's few rows use NumPy brute force; batches use the tree: same neighbours."""
+    """A request's few rows use NumPy brute force; batches use the tree: the same neighbours
+    in the same order, ties included (at intake many clients share their scores, and two
+    points at the same distance can differ in the last bit depending on how it is summed)."""
     ff, y, sessions = _cohort(400, 9)
     nav = NeighbourNavigator(n_neighbors=20).fit(ff, y, trajectories=trajectory_matrix(sessions))
-    Xq = ff.X.iloc[:12]
-    d_small, i_small = nav.kneighbors(Xq)
-    batch = pd.concat([Xq] * 3, ignore_index=True)  # 36 rows: the tree path
-    d_big, i_big = nav.kneighbors(batch)
-    np.testing.assert_allclose(d_small, d_big[:12], atol=1e-9)
-    assert (np.sort(i_small, axis=1) == np.sort(i_big[:12], axis=1)).all()
+    Xq = ff.X.iloc[:300]
+    d_big, i_big = nav.kneighbors(Xq)  # 300 rows: the tree path
+    for r in range(len(Xq)):
+        d_one, i_one = nav.kneighbors(Xq.iloc[[r]])  # one row: brute force
+        np.testing.assert_allclose(d_one[0], d_big[r], atol=1e-9)
+        assert i_one[0].tolist() == i_big[r].tolist(), r
+
+
+def test_a_tie_in_the_last_bit_is_broken_the_same_way_alone_and_in_a_batch():
+    """Six points at the same distance from the query in exact arithmetic (the permutations
+    of one vector), whose summed squares differ in the last bit: the tree (batches) and the
+    brute-force search (a request's few rows) return the same neighbours in the same order."""
+    from itertools import permutations
+
+    from sklearn.neighbors import NearestNeighbors
+
+    tied = np.array(list(permutations((1.3, 0.9, -0.7))))
+    assert len(set(((tied ** 2).sum(axis=1)).tolist())) > 1  # the last bits differ
+    far = np.random.default_rng(0).uniform(5, 9, size=(60, 3))
+    P = np.vstack([far[:30], tied, far[30:]])
+    nav = NeighbourNavigator()
+    nav.points_ = [P]
+    nav.trees_ = [NearestNeighbors().fit(P)]
+    q = np.zeros((1, 3))
+    for k in (2, 3, 4):
+        d_one, i_one = nav._query(0, q, k)  # brute force
+        d_big, i_big = nav._query(0, np.repeat(q, 20, axis=0), k)  # the tree
+        assert (i_big == i_one).all(), (k, i_one, i_big)
+        np.testing.assert_allclose(d_big, np.repeat(d_one, 20, axis=0), atol=1e-12)
