@@ -317,6 +317,8 @@ def main() -> None:
     ap.add_argument("--cohort", type=Path, default=None,
                     help="The cohort folder it was trained on (default: data/demo).")
     ap.add_argument("--skip-sizes", action="store_true")
+    ap.add_argument("--concurrent-only", action="store_true",
+                    help="Only the concurrent callers (one and two workers).")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ontrack-bench-"))
@@ -335,15 +337,23 @@ def main() -> None:
     key = KeyStore(tmp / "keys.sqlite").add("bench")
     big = cohort_request(cohort, args.clients)
 
-    peer, peer_url = start_server(env, "peer_service:Peer", REPO / "benchmarks")
-    proc, url = start_server(env)
-    try:
-        http = http_part(url, key, big, args.requests, peer_url)
-        conc = concurrent_part(url, key, args.seconds)
-    finally:
-        for p in (proc, peer):
-            p.terminate()
-            p.wait(timeout=30)
+    if args.concurrent_only:
+        proc, url = start_server(env)
+        try:
+            http, conc = [], concurrent_part(url, key, args.seconds)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    else:
+        peer, peer_url = start_server(env, "peer_service:Peer", REPO / "benchmarks")
+        proc, url = start_server(env)
+        try:
+            http = http_part(url, key, big, args.requests, peer_url)
+            conc = concurrent_part(url, key, args.seconds)
+        finally:
+            for p in (proc, peer):
+                p.terminate()
+                p.wait(timeout=30)
     # the same service with one worker per core (ONTRACK_WORKERS, as `ontrack serve` sets it)
     proc, url = start_server({**env, "BENTOML_CONFIG_OPTIONS": "services.ontrack.workers=2"})
     try:
@@ -353,6 +363,17 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
 
+    if http:
+        sequential_table(http)
+    concurrent_table(conc, args.seconds)
+    if args.concurrent_only:
+        return
+    inprocess_table(inprocess_part(big))
+    if not args.skip_sizes:
+        sizes_table(cohort)
+
+
+def sequential_table(http: list[tuple]) -> None:
     t = Table(title="Service over loopback HTTP (sequential, one client connection)")
     for col in ("request", "n", "p50 ms", "p99 / max ms"):
         t.add_column(col)
@@ -364,8 +385,11 @@ def main() -> None:
                   f"{assess[3]:.1f} ms (target < 15); assess p50 - peer p50: "
                   f"{assess[2] - peer_p50:+.1f} ms (target <= +1); 1,000-client request "
                   f"{batch[2]:.0f} ms (target < 1,000)")
+
+
+def concurrent_table(conc: list[tuple], seconds: float) -> None:
     t = Table(title=f"Service over loopback HTTP, concurrent single-client callers "
-                    f"({args.seconds:g} s each)")
+                    f"({seconds:g} s each)")
     for col in ("requests", "done", "per s", "p50 ms", "p99 ms", "not 200"):
         t.add_column(col)
     for name, done, rate, p50, p99, bad in conc:
@@ -374,7 +398,8 @@ def main() -> None:
     console.print(f"explained assessments per second with 8 callers: {conc[1][2]:,.0f} with "
                   f"one worker, {conc[3][2]:,.0f} with two (target >= 400)")
 
-    inproc = inprocess_part(big)
+
+def inprocess_table(inproc: list[tuple]) -> None:
     t = Table(title="In-process (OMP_NUM_THREADS=1, LightGBM num_threads=1)")
     for col in ("path", "clients", "ms", "clients / s"):
         t.add_column(col)
@@ -384,14 +409,15 @@ def main() -> None:
     console.print("targets: >= 5,000 clients/s in batches of 1,000+, >= 1,000/s one client "
                   "at a time")
 
-    if not args.skip_sizes:
-        t = Table(title="Model size: TreeSHAP cost vs out-of-fold AUC (PHQ-9 not-on-track risk model)")
-        for col in ("booster", "pred_contrib 1 row (us)", "per row in a batch (us)",
-                    "OOF AUC"):
-            t.add_column(col)
-        for name, one, per, auc in size_part(cohort):
-            t.add_row(name, f"{one:.0f}", f"{per:.1f}", f"{auc:.3f}")
-        console.print(t)
+
+def sizes_table(cohort: Path) -> None:
+    t = Table(title="Model size: TreeSHAP cost vs out-of-fold AUC (PHQ-9 not-on-track risk "
+                    "model)")
+    for col in ("booster", "pred_contrib 1 row (us)", "per row in a batch (us)", "OOF AUC"):
+        t.add_column(col)
+    for name, one, per, auc in size_part(cohort):
+        t.add_row(name, f"{one:.0f}", f"{per:.1f}", f"{auc:.3f}")
+    console.print(t)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
+from serving.batching import Batcher
 from serving.middleware import RequestGuard
 from serving.schemas import (
     EXAMPLE_INPUT,
@@ -196,7 +197,9 @@ api = FastAPI(title="OnTrack information routes", docs_url=None, redoc_url=None,
               openapi_url=None)
 
 
-@bentoml.service(name="ontrack", traffic={"timeout": 60}, workers=1,
+# threads: request threads of a worker (BentoML's default is one, which queues concurrent
+# requests before they are parsed); they validate in parallel and wait on the one batcher
+@bentoml.service(name="ontrack", traffic={"timeout": 60}, workers=1, threads=32,
                  http={"cors": {"enabled": False}})
 @bentoml.asgi_app(api, path="/v1")
 @bentoml.asgi_app(webapp, path="/ui")
@@ -227,6 +230,8 @@ class OnTrack:
                               self.settings.audit_secret.get_secret_value()).open()
         ex = _example_frames()  # warm-up: first-call costs paid before the first request
         self.bundle.assess(ex.sessions, ex.covariates, horizon=self.settings.horizon)
+        self.batcher = Batcher(self.bundle, self.settings.horizon,
+                               self.settings.batch_max_clients)
         tune_gc(self.settings.gc_threshold)
         log.info("service ready: model %s from %s", self.bundle.version, loaded.source)
 
@@ -242,8 +247,8 @@ class OnTrack:
             return 422, ErrorResponse(error="invalid_request",
                                       message=f"{len(problems)} problem(s) in the request",
                                       detail=problems)
-        assessments = self.bundle.assess(
-            frames.sessions, frames.covariates, horizon=self.settings.horizon,
+        assessments = self.batcher.assess(  # with concurrent requests, in one pass
+            frames.sessions, frames.covariates,
             budget=self.settings.flag_budgets.get(clinic),
             alliance_after=getattr(request, "timing", "before_session") == "after_session")
         self.audit.record(uuid.uuid4().hex, clinic, assessments)

@@ -59,6 +59,8 @@ class ServingSettings(BaseSettings):
     max_clients: int = Field(1000, ge=1, description="Most clients in one request.")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest request body.")
     horizon: int = Field(4, ge=1, le=12, description="Sessions ahead in the expected course.")
+    batch_max_clients: int = Field(64, ge=1, description="Most clients of concurrent requests "
+                                   "assessed in one pass (serving.batching).")
     num_threads: int = Field(1, ge=1, description="LightGBM threads on the request path.")
     workers: int = Field(1, ge=1, le=64, description="Service worker processes (`ontrack "
                          "serve`): each loads the bundle and answers requests on its own core; "

@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.special import expit, logit
 
@@ -271,6 +272,77 @@ def test_renaming_a_client_changes_nothing(client, keys):
     b = post(client, one("name-b"), keys["assess"]).json()["assessments"][0]
     a.pop("client_id"), b.pop("client_id")
     assert a == b
+
+
+def test_concurrent_requests_are_assessed_together_and_each_gets_its_own(env):
+    """Requests that queue while the service is busy are assessed in one call; each caller
+    gets exactly what its request alone gives, even when two requests use the same client id
+    for different people, and a request that fails gets its own error and nobody else's."""
+    import threading
+    import time
+
+    from features.contract import InvalidDataError
+    from serving.batching import Batcher
+    from serving.loader import load
+    from serving.schemas import to_frames
+    from serving.settings import ServingSettings
+
+    bundle = load(ServingSettings()).bundle
+    gate, calls = threading.Event(), []
+
+    class Held:  # the first call waits, so that the other requests queue behind it
+        def assess(self, sessions, *args, **kw):
+            calls.append(len(pd.unique(np.asarray(sessions["client_id"], dtype=object))))
+            if len(calls) == 1:
+                gate.wait(30)
+            return bundle.assess(sessions, *args, **kw)
+
+    def frames(body):
+        return to_frames(AssessRequest.model_validate_json(json.dumps(body)))
+
+    worse = [{"session": s, "scores": [{"instrument": "PHQ-9", "score": v, "items": {"9": 0}}]}
+             for s, v in ((1, 15), (2, 19), (3, 22), (4, 24))]
+    alliance_only = {"clients": [{"client_id": "x", "sessions": [  # with the others' columns
+        {"session": 1, "scores": [{"instrument": "SRS", "score": 30.0}]}]},
+        one("y")["clients"][0]]}
+    bodies = [one("first"), EXAMPLE_INPUT, one("c1"), one("c1", sessions=worse),
+              alliance_only, one("c9", covariates={"sex": "f"})]
+    batcher = Batcher(Held(), horizon=4)
+    results: dict[int, object] = {}
+
+    inputs = [frames(b) for b in bodies]
+
+    def call(i):
+        try:
+            results[i] = batcher.assess(inputs[i].sessions, inputs[i].covariates)
+        except Exception as err:  # noqa: BLE001
+            results[i] = err
+
+    def until(cond):
+        t0 = time.monotonic()
+        while not cond() and time.monotonic() - t0 < 30:
+            time.sleep(0.01)
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    until(lambda: calls)
+    rest = [threading.Thread(target=call, args=(i,)) for i in range(1, len(bodies))]
+    for t in rest:
+        t.start()
+    until(lambda: len(batcher._queue) == len(rest))  # every other request is waiting
+    gate.set()
+    for t in [first, *rest]:
+        t.join(60)
+    assert len(calls) >= 3 and max(calls) > 2  # a combined call of several requests
+    assert isinstance(results[4], InvalidDataError)  # alliance ratings only: its own error
+    assert calls.count(5) == 1  # tried once with the others (c1, c1, c9, x, y), then alone
+    for i, body in enumerate(bodies):
+        if i == 4:
+            continue
+        f = frames(body)
+        alone = bundle.assess(f.sessions, f.covariates)
+        assert [a.model_dump() for a in results[i]] == [a.model_dump() for a in alone], i
+    assert results[2][0].risk.p_failure != results[3][0].risk.p_failure  # two different c1
 
 
 # ------------------------------------------------------------------------------------------
