@@ -20,7 +20,9 @@ contributions for one row (benchmarks/peer_service.py). Then, in one run:
 3. **HTTP, 1,000 clients in one request** (histories from the cohort). Target < 1 s.
 4. **In-process** (num_threads=1): the service's whole request path (`OnTrack.run`) and
    `Bundle.assess` alone, for 1,000 clients in one call and for one client. Targets: >= 5,000
-   explained clients per second in batches, >= 1,000 per second one at a time.
+   explained clients per second in batches, >= 1,000 per second one at a time. Then eight
+   threads calling `OnTrack.run` with one client each, through the batcher
+   (`serving.batching`) and with each thread calling the bundle itself.
 5. **Model size**: TreeSHAP cost (`pred_contrib`, microseconds per row, one thread) and the
    out-of-fold AUC of the not-on-track risk model for a few sizes (the accuracy cost of a reduction).
 """
@@ -245,6 +247,53 @@ def inprocess_part(big: dict, repeats: int = 3) -> list[tuple]:
     return rows
 
 
+def threaded_part(callers: int = 8, seconds: float = 8.0) -> list[tuple]:
+    """In-process, ``callers`` threads each calling the service's whole path (`OnTrack.run`)
+    with one client, with the batcher and with each thread calling the bundle itself."""
+    import threading
+
+    from serving.schemas import AssessRequest
+    from serving.service import OnTrack
+
+    svc = OnTrack.inner()
+    body = json.dumps({"clients": EXAMPLE_INPUT["clients"][:1]}).encode()
+    batcher = svc.batcher
+
+    class Direct:  # every request thread calls the bundle itself (no batching)
+        calls = 0
+
+        def assess(self, sessions, covariates=None, **kw):
+            return svc.bundle.assess(sessions, covariates, horizon=svc.settings.horizon, **kw)
+
+    rows = []
+    for label, via in (("each thread calls the bundle", Direct()),
+                       ("through the batcher", batcher)):
+        svc.batcher = via
+        done = [0] * callers
+        stop = time.perf_counter() + seconds
+        calls0 = via.calls
+
+        def call(i: int, done: list[int], stop: float) -> None:
+            while time.perf_counter() < stop:
+                svc.run(AssessRequest.model_validate_json(body), "bench")
+                done[i] += 1
+
+        threads = [threading.Thread(target=call, args=(i, done, stop))
+                   for i in range(callers)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        n = sum(done)
+        per_call = n / (via.calls - calls0) if via.calls > calls0 else 1.0
+        rows.append((f"in-process, {callers} threads, 1 client each: {label}", n, n / wall,
+                     per_call))
+    svc.batcher = batcher
+    return rows
+
+
 def size_part(cohort_dir: Path) -> list[tuple]:
     import warnings
 
@@ -319,6 +368,8 @@ def main() -> None:
     ap.add_argument("--skip-sizes", action="store_true")
     ap.add_argument("--concurrent-only", action="store_true",
                     help="Only the concurrent callers (one and two workers).")
+    ap.add_argument("--inprocess-only", action="store_true",
+                    help="Only the in-process parts (no server).")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ontrack-bench-"))
@@ -337,6 +388,9 @@ def main() -> None:
     key = KeyStore(tmp / "keys.sqlite").add("bench")
     big = cohort_request(cohort, args.clients)
 
+    if args.inprocess_only:
+        inprocess_tables(big)
+        return
     if args.concurrent_only:
         proc, url = start_server(env)
         try:
@@ -368,7 +422,7 @@ def main() -> None:
     concurrent_table(conc, args.seconds)
     if args.concurrent_only:
         return
-    inprocess_table(inprocess_part(big))
+    inprocess_tables(big)
     if not args.skip_sizes:
         sizes_table(cohort)
 
@@ -397,6 +451,16 @@ def concurrent_table(conc: list[tuple], seconds: float) -> None:
     console.print(t)
     console.print(f"explained assessments per second with 8 callers: {conc[1][2]:,.0f} with "
                   f"one worker, {conc[3][2]:,.0f} with two (target >= 400)")
+
+
+def inprocess_tables(big: dict) -> None:
+    inprocess_table(inprocess_part(big))
+    t = Table(title="In-process, concurrent callers (threads of one process)")
+    for col in ("path", "requests", "per s", "requests per assess call"):
+        t.add_column(col)
+    for name, n, rate, per_call in threaded_part():
+        t.add_row(name, f"{n:,}", f"{rate:,.0f}", f"{per_call:.1f}")
+    console.print(t)
 
 
 def inprocess_table(inproc: list[tuple]) -> None:
