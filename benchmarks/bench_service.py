@@ -146,10 +146,22 @@ def _caller(url: str, headers: dict, path: str, body: bytes, stop: float,
             out.append((time.perf_counter() - t0, r.status_code))
 
 
+def run_threads(work: list[tuple]) -> float:
+    """Start one thread per (function, args), wait for all; the wall time in seconds."""
+    import threading
+
+    threads = [threading.Thread(target=f, args=a) for f, a in work]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def concurrent_part(url: str, key: str, seconds: float, callers: int = 8) -> list[tuple]:
     """Requests per second with ``callers`` threads, each with its own connection, posting
     one client at a time for ``seconds``."""
-    import threading
 
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     one = json.dumps({"clients": EXAMPLE_INPUT["clients"][:1]}).encode()
@@ -157,15 +169,8 @@ def concurrent_part(url: str, key: str, seconds: float, callers: int = 8) -> lis
     for path in ("/v1/noop", "/v1/assess"):
         results: list[list[tuple[float, int]]] = [[] for _ in range(callers)]
         stop = time.perf_counter() + seconds
-        threads = [threading.Thread(target=_caller, args=(url, headers, path, one, stop,
-                                                          results[i]))
-                   for i in range(callers)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        wall = run_threads([(_caller, (url, headers, path, one, stop, results[i]))
+                            for i in range(callers)])
         done = [x for xs in results for x in xs]
         lat = [d for d, _ in done]
         rows.append((f"HTTP {path}, {callers} callers", len(done), len(done) / wall,
@@ -250,7 +255,6 @@ def inprocess_part(big: dict, repeats: int = 3) -> list[tuple]:
 def threaded_part(callers: int = 8, seconds: float = 8.0) -> list[tuple]:
     """In-process, ``callers`` threads each calling the service's whole path (`OnTrack.run`)
     with one client, with the batcher and with each thread calling the bundle itself."""
-    import threading
 
     from serving.schemas import AssessRequest
     from serving.service import OnTrack
@@ -278,14 +282,7 @@ def threaded_part(callers: int = 8, seconds: float = 8.0) -> list[tuple]:
                 svc.run(AssessRequest.model_validate_json(body), "bench")
                 done[i] += 1
 
-        threads = [threading.Thread(target=call, args=(i, done, stop))
-                   for i in range(callers)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        wall = run_threads([(call, (i, done, stop)) for i in range(callers)])
         n = sum(done)
         per_call = n / (via.calls - calls0) if via.calls > calls0 else 1.0
         rows.append((f"in-process, {callers} threads, 1 client each: {label}", n, n / wall,
