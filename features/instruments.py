@@ -72,6 +72,9 @@ class Instrument:
     # item rating from which the domain counts as a problem worth discussing.
     domains: tuple[str, ...] = ()
     item_cutoff: float | None = None
+    # The lowest total of the instrument's published "severe" band (worse side), or None when
+    # the instrument has none; its source is in ``source``.
+    severe_from: float | None = None
 
     @property
     def higher_is_better(self) -> bool:
@@ -119,6 +122,7 @@ _ENTRIES: tuple[Instrument, ...] = (
         source=f"{_NHS_MANUAL}; Kroenke, Spitzer & Williams 2001, J Gen Intern Med 16:606",
         verified=True,
         risk_items=(9,),
+        severe_from=20,  # Kroenke et al. 2001: 20-27 severe
         loinc_panel="44249-1", loinc_total="44261-6",
         loinc_items=MappingProxyType({9: "44260-8"}),
     ),
@@ -129,6 +133,7 @@ _ENTRIES: tuple[Instrument, ...] = (
         n_items=7, item_min=0, item_max=3, score_min=0, score_max=21,
         direction=Direction.HIGHER_IS_WORSE, integer_scores=True,
         cutoff=8, rci=4,
+        severe_from=15,  # Spitzer et al. 2006: 15-21 severe
         source=f"{_NHS_MANUAL}; Spitzer, Kroenke, Williams & Löwe 2006, Arch Intern Med 166:1092",
         verified=True,
         loinc_panel="69737-5", loinc_total="70274-6",
@@ -218,7 +223,7 @@ _ENTRIES: tuple[Instrument, ...] = (
         direction=Direction.HIGHER_IS_WORSE, integer_scores=True,
         # Severity bands (Beck, Steer & Brown 1996): 0-13 minimal, 14-19 mild, 20-28 moderate,
         # 29-63 severe. Caseness here = above the minimal band.
-        cutoff=14,
+        cutoff=14, severe_from=29,
         # No primary RCI for the BDI-II (8.46 / 14.29 are for the original BDI, Seggar et al.
         # 2002). Jacobson-Truax from the outpatient norms in Beck et al. 1996: SD 12.75,
         # alpha .92 -> 1.96 * sqrt(2) * 12.75 * sqrt(0.08) = 10.0 points.

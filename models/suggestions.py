@@ -62,6 +62,48 @@ PROMPTS = {
 }
 
 
+# ------------------------------------------------------------------------------------------
+# When a rule fires. Published where a source is named; the rest are OnTrack heuristics (set
+# by clinical judgement for prompts, not fitted or validated), listed in docs/recommender.md.
+# ------------------------------------------------------------------------------------------
+#: OnTrack heuristic: an estimated chance of ending care early from which engagement is raised.
+DROPOUT_PROMPT = 0.4
+#: OnTrack heuristic: missed sessions from which engagement is raised.
+MISSED_PROMPT = 2
+#: OnTrack heuristic: the largest jump between attended session numbers (1 = none missed)
+#: from which engagement is raised.
+GAP_PROMPT = 3
+#: A reliable amount of an earlier gain lost: one reliable-change unit (Jacobson & Truax 1991).
+LOST_GAIN_RC = 1.0
+#: OnTrack heuristic: "little change" is under half a reliable change, from this session on.
+STALL_RC, STALL_FROM_SESSION = 0.5, 4
+#: OnTrack heuristic: a medication review is raised for a client not on track from this session
+#: on, when the latest score is in the instrument's published severe band (`severe_from`).
+MEDICATION_FROM_SESSION = 4
+#: OnTrack heuristic, only for instruments without a published severe band: the worst 30% of
+#: the scale's range, worded as such (never called "severe").
+HIGH_SEVERITY = 0.7
+#: OnTrack heuristic: a change of approach is raised at a red signal from this session on.
+CHANGE_APPROACH_FROM_SESSION = 6
+
+
+def _severe(inst: Instrument, severity: float) -> str | None:
+    """How the latest score's severity is worded when it warrants a medication review, or
+    None: the instrument's published severe band where it has one, else the heuristic."""
+    if not np.isfinite(severity):
+        return None
+    if inst.severe_from is not None:
+        lo = inst.severity(inst.severe_from)
+        if severity >= lo - 1e-12:
+            top = inst.score_min if inst.higher_is_better else inst.score_max
+            return (f"{inst.code} is still in the severe range ({inst.severe_from:g}-{top:g})")
+        return None
+    if severity >= HIGH_SEVERITY:
+        return (f"{inst.code} is still in the worst {100 * (1 - HIGH_SEVERITY):.0f}% of its "
+                "range (the instrument has no published severe band)")
+    return None
+
+
 def _f(row: dict, name: str) -> float:
     v = row.get(name, np.nan)
     return float(v) if v is not None else np.nan
@@ -115,11 +157,12 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
 
     missed = _f(row, "sessions_missed")
     gap = _f(row, "max_gap")
-    if (missed >= 2 or gap >= 3) or (p_dropout is not None and p_dropout >= 0.4):
+    likely_end = p_dropout is not None and p_dropout >= DROPOUT_PROMPT
+    if missed >= MISSED_PROMPT or gap >= GAP_PROMPT or likely_end:
         bits = []
         if missed >= 1:
             bits.append(f"{int(missed)} missed session{'s' if missed != 1 else ''}")
-        if p_dropout is not None and p_dropout >= 0.4:
+        if likely_end:
             bits.append(f"an estimated {100 * p_dropout:.0f}% chance of ending early")
         out.append(Suggestion(
             "motivation",
@@ -130,7 +173,7 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
             evidence={"sessions_missed": missed, "p_dropout": p_dropout}))
 
     lost = _f(row, "max_improvement_rc") - _f(row, "change_rc")
-    if lost >= 1:
+    if lost >= LOST_GAIN_RC:
         out.append(Suggestion(
             "life_events",
             PROMPTS["life_events"],
@@ -139,7 +182,7 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
             priority=12 if not_on_track else 25,
             evidence={"lost_gain_rc": lost}))
 
-    stalled = _f(row, "change_rc") < 0.5 and session >= 4
+    stalled = _f(row, "change_rc") < STALL_RC and session >= STALL_FROM_SESSION
     if not_on_track and stalled and not (below or drop):
         out.append(Suggestion(
             "social_support",
@@ -148,16 +191,15 @@ def rule_suggestions(row: dict, instrument: str | Instrument, signal: str,
             "adequate; low social support is one of the domains that often explains a stall.",
             priority=35, evidence={"change_rc": _f(row, "change_rc")}))
 
-    severe = _f(row, "latest_severity") >= 0.7
-    if not_on_track and severe and session >= 4:
+    severe = _severe(inst, _f(row, "latest_severity"))
+    if not_on_track and severe and session >= MEDICATION_FROM_SESSION:
         out.append(Suggestion(
             "medication_review",
             PROMPTS["medication_review"],
-            f"{inst.code} is still in the severe range at session {int(session)} and progress "
-            "is behind the expected course.",
+            f"{severe} at session {int(session)} and progress is behind the expected course.",
             priority=30, evidence={"latest_severity": _f(row, "latest_severity")}))
 
-    if signal == "red" and session >= 6:
+    if signal == "red" and session >= CHANGE_APPROACH_FROM_SESSION:
         out.append(Suggestion(
             "change_approach",
             PROMPTS["change_approach"],

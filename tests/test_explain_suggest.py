@@ -110,3 +110,22 @@ def test_built_assessments_validate_against_their_schema(tmp_path):
         again = Assessment.model_validate(a.model_dump())
         assert again.model_dump() == a.model_dump()
         assert set(type(a).model_fields) == set(a.__dict__)
+
+
+@pytest.mark.parametrize("score, fires", [(19, False), (20, True), (27, True)])
+def test_medication_review_follows_the_published_severe_band(score, fires):
+    """PHQ-9 severe is 20-27 (Kroenke et al. 2001): 19 is moderately severe, never "severe"."""
+    out = rule_suggestions(_row(latest_severity=score / 27, latest_score=score), "PHQ-9",
+                           "red", 0.8, 0.1, "not_endorsed", True)
+    med = [s for s in out if s.adaptation == "medication_review"]
+    assert bool(med) is fires
+    if fires:
+        assert "severe range (20-27)" in med[0].rationale
+
+
+def test_without_a_published_severe_band_the_wording_says_so():
+    out = rule_suggestions(_row(latest_severity=0.8), "ORS", "red", 0.8, 0.1, "not_assessed",
+                           True)
+    (med,) = [s for s in out if s.adaptation == "medication_review"]
+    assert "severe" not in med.rationale.replace("no published severe band", "")
+    assert "worst 30% of its range" in med.rationale
