@@ -1,4 +1,4 @@
-"""Model size vs explanation cost and accuracy (issue 5: TreeSHAP costs about
+"""Model size vs explanation cost and accuracy (TreeSHAP costs about
 trees x leaves x depth^2, so the size is a latency decision; record its accuracy cost).
 
 Run: `uv run python benchmarks/bench_model_size.py [--clients 20000]`

@@ -1,11 +1,11 @@
-"""Benchmark the cohort simulator and its oracle (issue 3).
+"""Benchmark the cohort simulator and its oracle.
 
     .venv/bin/python benchmarks/bench_simulate.py [--repeats 3]
 
 Prints a table of medians:
 * 100,000 clients simulated without the oracle (courses + tables), and written to CSV / Parquet;
 * the oracle for 5,000 clients at sessions 1-6 (SE target 0.005), on a 5,000-client cohort.
-Acceptance (issue 3): 100k clients < 30 s; oracle for 5,000 clients < 2 minutes. Numba
+Targets: 100k clients < 30 s; oracle for 5,000 clients < 2 minutes. Numba
 compilation is excluded (a warm-up run compiles and fills the cache first).
 """
 

@@ -1,4 +1,4 @@
-"""Training speed (issue 4: all four models with cross-validation on 100,000 simulated clients
+"""Training speed (all four models with cross-validation on 100,000 simulated clients
 in under 5 minutes on this 2-core machine).
 
 Run: `uv run python benchmarks/bench_train.py [--clients 100000] [--folds 5]`

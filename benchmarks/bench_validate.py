@@ -1,4 +1,4 @@
-"""Validation speed on 1,000,000 session rows (issue 2: under 10 s on this machine).
+"""Validation speed on 1,000,000 session rows (target: under 10 s).
 
 Run: `uv run python benchmarks/bench_validate.py [--rows 1000000] [--repeats 3]`
 Times reading the CSV + pandera shape/type layer + every content rule, median of repeats.

@@ -1,7 +1,7 @@
-"""Cohort simulator and Bayes oracle (issue 3).
+"""Cohort simulator and Bayes oracle.
 
-Published figures are named in each test's docstring; tolerances are the issue's acceptance
-ranges. Timing lives in benchmarks/bench_simulate.py, never here.
+Published figures are named in each test's docstring; tolerances are the simulator's
+target ranges. Timing lives in benchmarks/bench_simulate.py, never here.
 """
 
 from __future__ import annotations
