@@ -28,8 +28,8 @@ on a NumPy matrix, never the sklearn wrapper.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
+from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 from sklearn.model_selection import GroupKFold
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from features.instruments import get
@@ -53,7 +54,7 @@ from features.pointintime import (
 from models.expected import DEVIATION_COLUMN, ExpectedDeviation
 
 __all__ = [
-    "MIN_TRAINING_CASES", "InsufficientDataError", "FeatureMismatchError", "GBMRisk",
+    "MIN_TRAINING_CASES", "InsufficientDataError", "CalibrationError", "FeatureMismatchError", "GBMRisk",
     "monotone_directions", "choose_threshold", "model_inputs", "NOT_RISK_INPUTS",
 ]
 
@@ -210,6 +211,19 @@ class _FeatureContract:
         return frame
 
 
+class CalibrationError(ValueError):
+    """The out-of-fold risks rank the outcome the wrong way round (Platt slope <= 0): a model
+    whose higher risk means a LOWER chance of the outcome must never ship."""
+
+    def __init__(self, model: str, slope: float) -> None:
+        super().__init__(
+            f"{model}: the out-of-fold logits do not rank the outcome (Platt calibration slope "
+            f"{slope:.3g} <= 0), so the model is refused rather than calibrated. Check that the "
+            "outcome column means what the target says, and that the cohort has enough clients "
+            "of both outcomes.")
+        self.slope = slope
+
+
 # ---------------------------------------------------------------------------------------------
 class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
     """LightGBM risk model with Platt calibration, exact calibrated-logit contributions and
@@ -219,6 +233,26 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
     y = 0/1 target per row (NaN rows are dropped), groups = client id per row (taken from
     ``FeatureFrame.keys`` when omitted).
     """
+
+    # checked at the start of `fit`, before any work (scikit-learn's parameter validation)
+    _parameter_constraints: dict = {
+        "target": [str], "instrument": [str], "features": ["array-like", None],
+        "monotone": [Mapping, None],
+        "n_estimators": [Interval(Integral, 1, None, closed="left")],
+        "num_leaves": [Interval(Integral, 2, None, closed="left")],
+        "max_depth": [Interval(Integral, -1, None, closed="left")],  # -1: no limit (LightGBM)
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "min_child_samples": [Interval(Integral, 1, None, closed="left")],
+        "subsample": [Interval(Real, 0, 1, closed="right")],
+        "colsample_bytree": [Interval(Real, 0, 1, closed="right")],
+        "reg_lambda": [Interval(Real, 0, None, closed="left")],
+        "n_splits": [Interval(Integral, 2, None, closed="left")],
+        "threshold_rule": [StrOptions({"sensitivity", "youden"})],
+        "min_sensitivity": [Interval(Real, 0, 1, closed="both")],
+        "min_training_cases": [Interval(Integral, 1, None, closed="left")],
+        "random_state": [Interval(Integral, 0, None, closed="left"), None],
+        "n_jobs": [Integral],
+    }
 
     def __init__(self, target: str = "failed", instrument: str = "PHQ-9",
                  features: Sequence[str] | None = None,
@@ -291,6 +325,7 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
         return M
 
     def fit(self, X, y, groups=None) -> GBMRisk:
+        self._validate_params()
         frame, version, groups = unpack_rows(X, groups)
         if groups is None:
             raise ValueError("GBMRisk.fit needs groups (a client id per row) so that the "
@@ -320,10 +355,7 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
         platt = LogisticRegression(C=np.inf).fit(oof[:, None], y.astype(int))
         a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
         if a <= 0:
-            warnings.warn(f"out-of-fold logits do not rank the outcome (Platt slope {a:.3g}); "
-                          "slope clipped to a small positive value to keep monotonicity",
-                          stacklevel=2)
-            a = 1e-6
+            raise CalibrationError(type(self).__name__, a)
         p_oof = expit(a * oof + b)
         threshold = choose_threshold(y, p_oof, self.threshold_rule, self.min_sensitivity)
 

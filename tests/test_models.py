@@ -371,3 +371,31 @@ def test_a_tie_in_the_last_bit_is_broken_the_same_way_alone_and_in_a_batch():
         d_big, i_big = nav._query(0, np.repeat(q, 20, axis=0), k)  # the tree
         assert (i_big == i_one).all(), (k, i_one, i_big)
         np.testing.assert_allclose(d_big, np.repeat(d_one, 20, axis=0), atol=1e-12)
+
+
+def test_a_bad_parameter_is_refused_before_any_fitting(cohort):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    ff, y, _ = cohort
+    for bad in ({"threshold_rule": "bogus"}, {"learning_rate": 0.0}, {"n_splits": 1},
+                {"min_sensitivity": 1.5}):
+        with pytest.raises(InvalidParameterError, match=next(iter(bad))):
+            GBMRisk(**bad).fit(ff, y)
+
+
+def test_a_model_that_ranks_the_outcome_backwards_is_refused(cohort, monkeypatch):
+    """A non-positive Platt slope (higher risk = lower chance of the outcome) refuses the
+    model with a clear error; it is never clipped and shipped."""
+    import models.risk as risk
+    from models.risk import CalibrationError
+
+    real = risk.LogisticRegression
+
+    class Backwards(real):
+        def fit(self, X, y, sample_weight=None):
+            return super().fit(-np.asarray(X), y)  # the logits ranked the wrong way round
+
+    monkeypatch.setattr(risk, "LogisticRegression", Backwards)
+    ff, y, _ = cohort
+    with pytest.raises(CalibrationError, match="do not rank the outcome"):
+        GBMRisk(n_estimators=20).fit(ff, y)
