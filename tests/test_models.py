@@ -382,20 +382,3 @@ def test_a_bad_parameter_is_refused_before_any_fitting(cohort):
         with pytest.raises(InvalidParameterError, match=next(iter(bad))):
             GBMRisk(**bad).fit(ff, y)
 
-
-def test_a_model_that_ranks_the_outcome_backwards_is_refused(cohort, monkeypatch):
-    """A non-positive Platt slope (higher risk = lower chance of the outcome) refuses the
-    model with a clear error; it is never clipped and shipped."""
-    import models.risk as risk
-    from models.risk import CalibrationError
-
-    real = risk.LogisticRegression
-
-    class Backwards(real):
-        def fit(self, X, y, sample_weight=None):
-            return super().fit(-np.asarray(X), y)  # the logits ranked the wrong way round
-
-    monkeypatch.setattr(risk, "LogisticRegression", Backwards)
-    ff, y, _ = cohort
-    with pytest.raises(CalibrationError, match="do not rank the outcome"):
-        GBMRisk(n_estimators=20).fit(ff, y)

@@ -26,7 +26,7 @@ from models.expected import ExpectedResponse, trajectory_points
 from models.expected_risk import ExpectedResponseRisk
 from models.flag import BY_SESSION, DEFAULT_BUDGET, FlagPolicy, Outcomes, fit_policy
 from models.neighbours import NeighbourNavigator
-from models.risk import MIN_TRAINING_CASES, CalibrationError, GBMRisk, InsufficientDataError
+from models.risk import MIN_TRAINING_CASES, GBMRisk, InsufficientDataError
 from training.dataset import TrainingRows, build_rows, holdout_mask, outcome_instruments
 from training.evaluate import LABELS  # noqa: F401  (the models' display names)
 
@@ -211,8 +211,8 @@ def fit_instrument(cohort: Cohort, rows: TrainingRows, settings: Settings,
             dname = "gbm" if "gbm" in dnames else "logistic"
             dropout = _fit(_factory(dname, inst, "dropped_out", settings), rows,
                            rows.dropped_out, None)
-        except (TooLittleDataError, InsufficientDataError, CalibrationError):
-            dropout = None  # optional: the assessment shows no dropout risk
+        except (TooLittleDataError, InsufficientDataError):
+            dropout = None
     # the expected course is fitted on the training clients' whole observed courses
     # (sessions 1..20), not only the rows as of sessions 1..6
     if trajectories is not None:
