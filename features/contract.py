@@ -115,8 +115,7 @@ _REG = {
     "item_max": _table(i.item_max for i in REGISTRY.values()),
     "n_items": _table(i.n_items for i in REGISTRY.values()),
     "integer": _table(i.integer_scores for i in REGISTRY.values()),
-    "sums": _table(i.integer_scores and i.item_max * i.n_items == i.score_max
-                   for i in REGISTRY.values()),
+    "sums": _table(i.items_sum_to_score for i in REGISTRY.values()),
 }
 _NS_PER_DAY = 86_400 * 10**9
 

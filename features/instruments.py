@@ -64,6 +64,8 @@ class Instrument:
     loinc_panel: str | None = None
     loinc_total: str | None = None
     loinc_items: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    # LOINC answer codes (LA...) of the items and the item value each stands for
+    loinc_answers: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     notes: str = ""
     # Alliance measures: the drop since the previous session (raw points) worth raising.
     # None = any drop.
@@ -84,6 +86,11 @@ class Instrument:
     def sign(self) -> int:
         """+1 when a rise is a worsening, -1 when a rise is an improvement."""
         return -1 if self.higher_is_better else 1
+
+    @property
+    def items_sum_to_score(self) -> bool:
+        """The total is the sum of the items (not a mean or a scaled mean)."""
+        return self.integer_scores and self.item_max * self.n_items == self.score_max
 
     @property
     def item_columns(self) -> tuple[str, ...]:
@@ -111,6 +118,19 @@ class Instrument:
 
 _NHS_MANUAL = "NHS Talking Therapies Manual (2023, v6) / IAPT data handbook"
 
+#: The answer list shared by the PHQ-9 and GAD-7 items in LOINC (loinc.org, answer list LL358-3:
+#: "Not at all" 0, "Several days" 1, "More than half the days" 2, "Nearly every day" 3).
+_LOINC_FREQUENCY = MappingProxyType({"LA6568-5": 0, "LA6569-3": 1, "LA6570-1": 2,
+                                     "LA6571-9": 3})
+
+#: FHIR identities of instruments without LOINC codes: Questionnaire canonical URL
+#: ``QUESTIONNAIRE_BASE + code`` (items by item number as linkId, the total as linkId
+#: "total"), and Observation codes in the local CodeSystem ``CODE_SYSTEM`` (the registry code).
+#: OnTrack's own identifiers (docs/ehr.md); a clinic can keep them or map its own onto them.
+QUESTIONNAIRE_BASE = "http://ontrack.example.org/fhir/Questionnaire/"
+CODE_SYSTEM = "http://ontrack.example.org/fhir/CodeSystem/instrument"
+LOINC = "http://loinc.org"
+
 _ENTRIES: tuple[Instrument, ...] = (
     Instrument(
         code="PHQ-9",
@@ -124,7 +144,11 @@ _ENTRIES: tuple[Instrument, ...] = (
         risk_items=(9,),
         severe_from=20,  # Kroenke et al. 2001: 20-27 severe
         loinc_panel="44249-1", loinc_total="44261-6",
-        loinc_items=MappingProxyType({9: "44260-8"}),
+        # LOINC panel 44249-1 (PHQ-9 quick depression assessment panel), items in form order
+        loinc_items=MappingProxyType({1: "44250-9", 2: "44255-8", 3: "44259-0", 4: "44254-1",
+                                      5: "44251-7", 6: "44258-2", 7: "44252-5", 8: "44253-3",
+                                      9: "44260-8"}),
+        loinc_answers=_LOINC_FREQUENCY,
     ),
     Instrument(
         code="GAD-7",
@@ -137,6 +161,10 @@ _ENTRIES: tuple[Instrument, ...] = (
         source=f"{_NHS_MANUAL}; Spitzer, Kroenke, Williams & Löwe 2006, Arch Intern Med 166:1092",
         verified=True,
         loinc_panel="69737-5", loinc_total="70274-6",
+        # LOINC panel 69737-5 (Generalized anxiety disorder 7 item), items in form order
+        loinc_items=MappingProxyType({1: "69725-0", 2: "68509-9", 3: "69733-4", 4: "69734-2",
+                                      5: "69735-9", 6: "69689-8", 7: "69736-7"}),
+        loinc_answers=_LOINC_FREQUENCY,
     ),
     Instrument(
         code="OQ-45",
