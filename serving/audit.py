@@ -5,6 +5,10 @@ client id with the deployment secret, so the clinic can re-identify its own clie
 else can), instrument, model version, signal colour, the not-on-track flag (``at_risk`` = 1 when
 it is open, kept under its first name for existing logs; ``flag_state`` new / continuing /
 cleared / none) and safety status. No scores, no dates, no client id. Triggers refuse UPDATE and DELETE, so rows can only be added.
+
+CDS Hooks cards (`serving.cdshooks`) are logged too: each card issued (its uuid, the client's
+pseudonym, instrument, indicator, flag state), and the EHR's feedback on it (accepted or
+overridden, the coded override reason, whether the user wrote a comment; never the comment).
 """
 
 from __future__ import annotations
@@ -39,6 +43,34 @@ CREATE TABLE IF NOT EXISTS assessments (
     safety           TEXT NOT NULL,
     flag_state       TEXT
 );
+CREATE TABLE IF NOT EXISTS cds_cards (
+    card             TEXT PRIMARY KEY,
+    time             TEXT NOT NULL,
+    clinic           TEXT NOT NULL,
+    client_pseudonym TEXT NOT NULL,
+    instrument       TEXT,
+    indicator        TEXT NOT NULL,
+    flag_state       TEXT
+);
+CREATE TABLE IF NOT EXISTS cds_feedback (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    time             TEXT NOT NULL,
+    clinic           TEXT NOT NULL,
+    card             TEXT NOT NULL,
+    client_pseudonym TEXT NOT NULL,
+    outcome          TEXT NOT NULL,
+    override_reason  TEXT,
+    has_comment      INTEGER NOT NULL,
+    outcome_time     TEXT
+);
+CREATE TRIGGER IF NOT EXISTS cds_cards_no_update BEFORE UPDATE ON cds_cards
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS cds_cards_no_delete BEFORE DELETE ON cds_cards
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
+CREATE TRIGGER IF NOT EXISTS cds_feedback_no_update BEFORE UPDATE ON cds_feedback
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS cds_feedback_no_delete BEFORE DELETE ON cds_feedback
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
 CREATE TRIGGER IF NOT EXISTS assessments_no_update BEFORE UPDATE ON assessments
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END;
 CREATE TRIGGER IF NOT EXISTS assessments_no_delete BEFORE DELETE ON assessments
@@ -82,19 +114,57 @@ class AuditLog:
                  a.risk.model_version if a.risk is not None else "none", a.signal.colour,
                  int(a.flag.flagged), a.flag.state, a.safety.status)
                 for a in assessments]
+        self._insert("INSERT INTO assessments (time, request_id, clinic, client_pseudonym, "
+                     "instrument, model_version, signal, at_risk, flag_state, safety) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def _insert(self, sql: str, rows: list[tuple]) -> None:
         with self._lock:
             db = self._db()
             db.execute("BEGIN")
             try:
-                db.executemany(
-                    "INSERT INTO assessments (time, request_id, clinic, client_pseudonym, "
-                    "instrument, model_version, signal, at_risk, flag_state, safety) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                db.executemany(sql, rows)
             except sqlite3.Error:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-        return len(rows)
+
+    def record_cards(self, clinic: str, cards: Iterable[tuple[str, str, str | None, str,
+                                                              str | None]]) -> None:
+        """Cards issued: (card uuid, client id, instrument, indicator, flag state)."""
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        self._insert("INSERT INTO cds_cards (card, time, clinic, client_pseudonym, instrument, "
+                     "indicator, flag_state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     [(card, now, clinic, pseudonym(self._secret, client), inst, ind, state)
+                      for card, client, inst, ind, state in cards])
+
+    def card_owner(self, card: str, clinic: str) -> str | None:
+        """The client pseudonym of a card this clinic was given, or None."""
+        with self._lock:
+            row = self._db().execute("SELECT client_pseudonym FROM cds_cards WHERE card = ? "
+                                     "AND clinic = ?", (card, clinic)).fetchone()
+        return row[0] if row else None
+
+    def record_feedback(self, clinic: str, rows: Iterable[tuple[str, str, str, str | None,
+                                                                bool, str | None]]) -> int:
+        """Feedback on cards: (card, client pseudonym, outcome, override reason code, whether a
+        comment was written, the EHR's outcome time)."""
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        data = [(now, clinic, card, pseud, outcome, reason, int(comment), when)
+                for card, pseud, outcome, reason, comment, when in rows]
+        self._insert("INSERT INTO cds_feedback (time, clinic, card, client_pseudonym, outcome, "
+                     "override_reason, has_comment, outcome_time) VALUES "
+                     "(?, ?, ?, ?, ?, ?, ?, ?)", data)
+        return len(data)
+
+    def feedback(self) -> list[dict]:
+        cols = ("time", "clinic", "card", "client_pseudonym", "outcome", "override_reason",
+                "has_comment", "outcome_time")
+        with self._lock:
+            data = self._db().execute(f"SELECT {', '.join(cols)} FROM cds_feedback "
+                                      "ORDER BY id").fetchall()
+        return [dict(zip(cols, r, strict=True)) for r in data]
 
     def rows(self, since: str | None = None) -> Iterator[dict]:
         sql = f"SELECT {', '.join(COLUMNS)} FROM assessments"

@@ -6,7 +6,10 @@ declared length and while reading); then, for /v1/assess, JSON syntax and types
 (`serving.schemas.parse_request`: 400 for a body that is not JSON, 422 for wrong types, NaN,
 unknown fields, empty lists). BentoML's own validation therefore never fails on client input
 (it would log the input with the error). The clinic that owns the key travels to the handler in
-``scope["state"]``.
+``scope["state"]``. ``/v1/fhir/assess`` passes the same key, media-type (FHIR JSON too) and
+size checks, its refusals written as a FHIR OperationOutcome; its body is read by the route
+(`serving.fhir.inbound`). POSTs under ``/cds-services`` get the size check only (the CDS Hooks
+routes check the EHR's signed token themselves, `serving.cdshooks`).
 """
 
 from __future__ import annotations
@@ -20,23 +23,36 @@ from serving.schemas import Problem, parse_request
 from serving.settings import ServingSettings
 
 Scope = MutableMapping[str, Any]
+FHIR_PATH = "/v1/fhir/assess"
+CDS_PREFIX = "/cds-services"
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 #: Protected routes and the scope each needs; everything else (health, docs, model card) is open.
-PROTECTED = {"/v1/assess": "assess", "/v1/noop": "benchmark"}
+PROTECTED = {"/v1/assess": "assess", "/v1/noop": "benchmark", FHIR_PATH: "assess"}
 _JSON_TYPES = {"application/json", ""}
+_FHIR_TYPES = {"application/fhir+json", "application/json", ""}
+_FHIR_CODES = {"unauthorized": "login", "forbidden": "forbidden", "payload_too_large": "too-long",
+               "unsupported_media_type": "not-supported"}
 
 
-def error_body(error: str, message: str, detail: list[Problem] | None = None) -> bytes:
+def error_body(error: str, message: str, detail: list[Problem] | None = None,
+               fhir: bool = False) -> bytes:
+    if fhir:  # the same refusal as a FHIR OperationOutcome
+        return json.dumps({"resourceType": "OperationOutcome", "issue": [
+            {"severity": "error", "code": _FHIR_CODES.get(error, "invalid"),
+             "expression": [p.field], "details": {"text": p.message},
+             "diagnostics": f"{p.field}: {p.message} (rule: {p.rule})"}
+            for p in detail or []]}).encode()
     return json.dumps({"error": error, "message": message,
                        "detail": [p.model_dump() for p in detail or []]}).encode()
 
 
 async def _respond(send: Send, status: int, body: bytes,
-                   headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                   headers: list[tuple[bytes, bytes]] | None = None,
+                   media: bytes = b"application/json") -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
+                "headers": [(b"content-type", media),
                             (b"content-length", str(len(body)).encode()),
                             *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
@@ -51,12 +67,27 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path not in PROTECTED or scope["method"] != "POST":
+        if path == CDS_PREFIX:  # the discovery URL, served without a redirect to "/"
+            scope["path"] = path = CDS_PREFIX + "/"
+            scope["raw_path"] = path.encode()
+        if scope["type"] != "http" or scope["method"] != "POST" or (
+                path not in PROTECTED and not path.startswith(CDS_PREFIX)):
             await self.app(scope, receive, send)
             return
-        need = PROTECTED[path]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
+        fhir = path == FHIR_PATH
+        media_out = b"application/fhir+json" if fhir else b"application/json"
+
+        async def respond(status: int, body: bytes, extra=None) -> None:
+            await _respond(send, status, body, extra, media_out)
+
+        if path.startswith(CDS_PREFIX):
+            body = await self._read(scope, receive, headers, respond, fhir=False)
+            if body is not None:
+                await self.app(scope, _replay(body, receive), send)
+            return
+        need = PROTECTED[path]
         state = scope.setdefault("state", {})
         if self.settings.require_auth:
             result = self.keys.authorize(headers.get("authorization"), need)
@@ -66,65 +97,82 @@ class RequestGuard:
                        "invalid_token": "the bearer key is unknown, malformed or revoked",
                        "insufficient_scope": f"this key may not call {path} (scope {need} "
                                              "needed)"}[result.error]
-                await _respond(send, result.status,
-                               error_body(which, msg, [Problem(field="Authorization",
-                                                               rule=result.error or
-                                                               "missing_credentials",
-                                                               message=msg)]),
-                               [(b"www-authenticate", www_authenticate(result, need).encode())])
+                await respond(result.status,
+                              error_body(which, msg, [Problem(field="Authorization",
+                                                              rule=result.error or
+                                                              "missing_credentials",
+                                                              message=msg)], fhir),
+                              [(b"www-authenticate", www_authenticate(result, need).encode())])
                 return
             state["clinic"], state["key_id"] = result.clinic, result.key_id
         else:
             state["clinic"], state["key_id"] = "unauthenticated", None
-        if path != "/v1/assess":
+        if path == "/v1/noop":
             await self.app(scope, receive, send)
             return
 
         media = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media not in _JSON_TYPES:
-            await _respond(send, 415, error_body(
-                "unsupported_media_type", "send the request as application/json",
+        if media not in (_FHIR_TYPES if fhir else _JSON_TYPES):
+            wanted = "application/fhir+json" if fhir else "application/json"
+            await respond(415, error_body(
+                "unsupported_media_type", f"send the request as {wanted}",
                 [Problem(field="Content-Type", rule="json_required",
-                         message=f"{media!r} is not accepted; use application/json")]))
+                         message=f"{media!r} is not accepted; use {wanted}")], fhir))
             return
-        limit = self.settings.max_body_bytes
-        too_big = error_body("payload_too_large", f"the body is larger than {limit:,} bytes",
-                             [Problem(field="body", rule="body_too_large",
-                                      message=f"at most {limit:,} bytes per request; send "
-                                      "fewer clients per call")])
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _respond(send, 413, too_big)
+        body = await self._read(scope, receive, headers, respond, fhir)
+        if body is None:
             return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await _respond(send, 413, too_big)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        if fhir:
+            await self.app(scope, _replay(body, receive), send)
+            return
         request, problems = parse_request(body)
         if problems:
             syntax = any(p.rule == "json_invalid" for p in problems)
-            await _respond(send, 400 if syntax else 422, error_body(
+            await respond(400 if syntax else 422, error_body(
                 "invalid_request", "the body is not valid JSON" if syntax else
                 f"{len(problems)} problem(s) in the request", problems))
             return
         state["assess_request"] = request
-        sent = False
+        await self.app(scope, _replay(body, receive), send)
 
-        async def replay() -> MutableMapping[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+    async def _read(self, scope: Scope, receive: Receive, headers: dict[str, str], respond,
+                    fhir: bool) -> bytes | None:
+        """The whole body, or None after answering 413 (checked on the declared length and
+        while reading) or on a disconnect."""
+        limit = self.settings.max_body_bytes
+        too_big = error_body("payload_too_large", f"the body is larger than {limit:,} bytes",
+                             [Problem(field="body", rule="body_too_large",
+                                      message=f"at most {limit:,} bytes per request; send "
+                                      "fewer clients per call")], fhir)
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await respond(413, too_big)
+            return None
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await respond(413, too_big)
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
 
-        await self.app(scope, replay, send)
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then the real channel."""
+    sent = False
+
+    async def replay() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -10,6 +10,9 @@ Routes (see docs/service.md):
 * ``POST /v1/assess`` (bearer key, scope ``assess``): one or many clients -> one explained
   `models.assess.Assessment` each. Validation: `serving.middleware.RequestGuard` (auth, size,
   JSON, types), then `serving.schemas` (request structure and `features.contract.check_sessions`).
+* ``POST /v1/fhir/assess`` (same key and audit): a FHIR R4 Bundle of QuestionnaireResponses
+  and Observations in, a Bundle of RiskAssessments and safety Flags out (`serving.fhir`).
+* ``/cds-services``: CDS Hooks 2.0, the ``patient-view`` hook (`serving.cdshooks`).
 * ``POST /v1/noop`` (same auth): does nothing; the benchmark's baseline.
 * ``GET /v1/model`` (open: no client data): the model card. ``GET /v1/health`` (open).
 * BentoML's own: ``/`` (Swagger UI), ``/docs.json`` (OpenAPI), ``/readyz``, ``/livez``,
@@ -28,11 +31,15 @@ from typing import Any
 
 import bentoml
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
-from starlette.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
 
 from serving.batching import Batcher
+from serving.cdshooks import cds
+from serving.fhir.inbound import read_bundle
+from serving.fhir.outbound import assessment_bundle, operation_outcome, simple_outcome
 from serving.middleware import RequestGuard
 from serving.schemas import (
     EXAMPLE_INPUT,
@@ -192,6 +199,21 @@ class AssessInput(bentoml.IODescriptor, AssessRequest):
         return await super().from_http_request(request, serde)
 
 
+class FhirResult:
+    """`OnTrack.assess_fhir`'s answer: the status, the problems (as FHIR issues) or the
+    assessments, and the Bundle that was read."""
+
+    __slots__ = ("status", "problems", "assessments", "parsed")
+
+    def __init__(self, status, problems, assessments, parsed) -> None:
+        self.status, self.problems = status, problems
+        self.assessments, self.parsed = assessments, parsed
+
+
+def _fhir_json(status: int, doc: dict) -> Response:
+    return Response(json.dumps(doc), status_code=status, media_type="application/fhir+json")
+
+
 # ------------------------------------------------------------------------------------------
 api = FastAPI(title="OnTrack information routes", docs_url=None, redoc_url=None,
               openapi_url=None)
@@ -203,6 +225,7 @@ api = FastAPI(title="OnTrack information routes", docs_url=None, redoc_url=None,
                  http={"cors": {"enabled": False}})
 @bentoml.asgi_app(api, path="/v1")
 @bentoml.asgi_app(webapp, path="/ui")
+@bentoml.asgi_app(cds, path="/cds-services")
 class OnTrack:
     """Not-on-track risk, expected course, explanations and suggestions for ROM data."""
 
@@ -214,6 +237,7 @@ class OnTrack:
         from features.logs import configure_logging
         from serving import logredact
         from serving.audit import AuditLog
+        from serving.ehrauth import Verifier, load_issuers
         from serving.loader import load, load_from_bentoml
 
         self.settings = ServingSettings()
@@ -232,6 +256,8 @@ class OnTrack:
         self.bundle.assess(ex.sessions, ex.covariates, horizon=self.settings.horizon)
         self.batcher = Batcher(self.bundle, self.settings.horizon,
                                self.settings.batch_max_clients)
+        self.cds_verifier = Verifier(load_issuers(self.settings.cds_issuers_path),
+                                     self.settings.cds_replay_path)
         tune_gc(self.settings.gc_threshold)
         log.info("service ready: model %s from %s", self.bundle.version, loaded.source)
 
@@ -256,6 +282,19 @@ class OnTrack:
         return 200, AssessResponse.model_construct(model_version=self.bundle.version,
                                                    feature_version=self.bundle.feature_version,
                                                    assessments=assessments)
+
+    def assess_fhir(self, doc: Any, clinic: str) -> FhirResult:
+        """A FHIR Bundle through the FHIR mapping, then `run` (the same rules, assessment and
+        audit as /v1/assess); problems at the resource elements they came from."""
+        parsed = read_bundle(doc)
+        if parsed.request is None:
+            status = 400 if parsed.problems and parsed.problems[0].rule == "not_a_bundle" \
+                else 422
+            return FhirResult(status, parsed.problems, None, parsed)
+        status, body = self.run(parsed.request, clinic)
+        if status != 200:
+            return FhirResult(status, [parsed.locate(p) for p in body.detail], None, parsed)
+        return FhirResult(200, [], body.assessments, parsed)
 
     # -------------------------------------------------------------------------- routes
     @bentoml.api(route="/v1/assess", input_spec=AssessInput, output_spec=AssessResponse)
@@ -286,6 +325,30 @@ class OnTrack:
     def noop(self) -> dict:
         """Does nothing, behind the same auth as /v1/assess (benchmark baseline)."""
         return {"ok": True}
+
+    @api.post("/fhir/assess", tags=["fhir"])
+    async def fhir_assess(self, request: Request) -> Response:
+        """A FHIR R4 Bundle (QuestionnaireResponse, Observation) -> a Bundle of
+        RiskAssessments and safety Flags; problems as an OperationOutcome (docs/ehr.md)."""
+        try:
+            doc = json.loads(await request.body())
+        except ValueError:
+            return _fhir_json(400, simple_outcome("invalid", "json_invalid",
+                                                  "the body is not valid JSON"))
+        clinic = request.state.clinic if hasattr(request.state, "clinic") else \
+            "unauthenticated"
+        try:
+            result = await run_in_threadpool(self.assess_fhir, doc, clinic)
+        except Exception as err:  # a bug, never client input: no data in the log or reply
+            log.error("FHIR assessment failed (%s); request details withheld",
+                      type(err).__name__)
+            return _fhir_json(500, simple_outcome("exception", "internal_error",
+                                                  "the assessment failed; the error was "
+                                                  "logged without client data"))
+        if result.status != 200:
+            return _fhir_json(result.status, operation_outcome(result.problems))
+        return _fhir_json(200, assessment_bundle(result.assessments, result.parsed.basis,
+                                                 result.parsed.left_out))
 
     @api.get("/model", response_model=ModelCard, tags=["model"])
     def model_card(self) -> ModelCard:

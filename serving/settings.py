@@ -89,6 +89,22 @@ class ServingSettings(BaseSettings):
                                  "long without a request.")
     ui_max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024,
                                      description="Largest upload (all files together).")
+    # ---- the EHR (FHIR, CDS Hooks; docs/ehr.md)
+    public_url: str = Field("http://127.0.0.1:3000", description="The service's URL as the "
+                            "EHR calls it: the audience a CDS Hooks token must name, and the "
+                            "base of links on cards.")
+    cds_issuers_path: Path = Field(REPO_ROOT / "var" / "cds_issuers.json",
+                                   description="The EHRs trusted to call CDS Hooks (JSON: "
+                                   "issuer, clinic, JWKS or its URL, allowed jku and FHIR "
+                                   "servers; serving/ehrauth.py). No file: every call is "
+                                   "refused.")
+    cds_replay_path: Path = Field(REPO_ROOT / "var" / "cds_jti.sqlite",
+                                  description="Token ids seen (replay protection), until "
+                                  "each token expires.")
+    cds_info_cards: bool = Field(True, description="An info card when a client has no "
+                                 "not-on-track flag (false: no card).")
+    cds_fetch_timeout: float = Field(10.0, gt=0, le=60, description="Seconds per request "
+                                     "when fetching from the EHR's FHIR server.")
     # ---- server
     host: str = "127.0.0.1"
     port: int = 3000

@@ -144,6 +144,7 @@ def served_service(root: Path, key_name: str, extra_env: dict[str, str] | None =
                     "import_to_bentoml(ServingSettings())"], env=env, check=True,
                    capture_output=True, cwd=REPO, timeout=300)
     port = free_port()
+    env.setdefault("ONTRACK_PUBLIC_URL", f"http://127.0.0.1:{port}")
     log_path = root / "server.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
