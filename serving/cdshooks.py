@@ -22,7 +22,6 @@ import logging
 import uuid
 from typing import Any, Literal
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,6 +30,7 @@ from starlette.responses import JSONResponse
 
 from features.instruments import CODE_SYSTEM
 from serving.ehrauth import Caller, Refused
+from serving.fhir.client import FetchError, search
 from serving.fhir.inbound import reference
 from serving.fhir.outbound import ASSESSMENT_SYSTEM
 from serving.schemas import pydantic_problems
@@ -39,8 +39,6 @@ log = logging.getLogger("serving.cdshooks")
 
 SERVICE_ID = "ontrack-patient-view"
 SUMMARY_MAX = 139  # CDS Hooks 2.0: the summary SHOULD be under 140 characters
-MAX_PAGES = 20  # OnTrack heuristic: search pages followed when fetching from the EHR
-PAGE_SIZE = 200
 PREFETCH = {
     "patient": "Patient/{{context.patientId}}",
     "responses": "QuestionnaireResponse?subject=Patient/{{context.patientId}}",
@@ -212,28 +210,6 @@ class MissingData(Exception):
     pass
 
 
-def _fetch(base: str, query: str, token: str, timeout: float) -> list[dict[str, Any]]:
-    """Every resource of a search, following ``next`` links on the same server."""
-    out: list[dict[str, Any]] = []
-    url: str | None = f"{base.rstrip('/')}/{query}&_count={PAGE_SIZE}"
-    with httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {token}",
-                                                "Accept": "application/fhir+json"}) as client:
-        for _ in range(MAX_PAGES):
-            if url is None:
-                break
-            r = client.get(url)
-            if r.status_code != 200:
-                raise MissingData(f"the EHR's FHIR server answered {r.status_code}")
-            page = r.json()
-            out += [e["resource"] for e in page.get("entry") or []
-                    if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
-            url = next((link.get("url") for link in page.get("link") or []
-                        if link.get("relation") == "next"), None)
-            if url is not None and not url.startswith(base.rstrip("/") + "/"):
-                raise MissingData("the FHIR server's next page is on another server")
-    return out
-
-
 def measures(req: HookRequest, caller: Caller, patient: str, timeout: float
              ) -> list[dict[str, Any]]:
     """The patient's measure resources, from prefetch or fetched; MissingData when neither."""
@@ -252,10 +228,10 @@ def measures(req: HookRequest, caller: Caller, patient: str, timeout: float
             raise MissingData("this issuer's fhirServer is not on OnTrack's list for it")
         query = PREFETCH[key].replace("{{context.patientId}}", patient.split("/", 1)[1])
         try:
-            resources += _fetch(req.fhirServer, query, req.fhirAuthorization.access_token,
+            resources += search(req.fhirServer, query, req.fhirAuthorization.access_token,
                                 timeout)
-        except (httpx.HTTPError, ValueError) as err:
-            raise MissingData(f"fetching from the EHR failed ({type(err).__name__})") from None
+        except FetchError as err:
+            raise MissingData(str(err)) from None
     return [r for r in resources if reference(r.get("subject"), {}) == patient]
 
 

@@ -53,7 +53,7 @@ from serving.schemas import (
     to_frames,
 )
 from serving.settings import BENTO_MODEL_TAG, ServingSettings
-from serving.webview import webapp
+from serving.ui import webapp
 
 log = logging.getLogger("serving.service")
 

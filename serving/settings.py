@@ -105,6 +105,17 @@ class ServingSettings(BaseSettings):
                                  "not-on-track flag (false: no card).")
     cds_fetch_timeout: float = Field(10.0, gt=0, le=60, description="Seconds per request "
                                      "when fetching from the EHR's FHIR server.")
+    smart_clients_path: Path = Field(REPO_ROOT / "var" / "smart_clients.json",
+                                     description="EHRs that may launch the web view with SMART "
+                                     "on FHIR (JSON: iss, client_id, clinic; serving/smart.py). "
+                                     "No file: no SMART launch.")
+    ui_frame_ancestors: str = Field("'none'", pattern=r"^[A-Za-z0-9 :/.*'\-]+$",
+                                    description="CSP frame-ancestors of the web view's pages "
+                                    "('none': never in a frame; an EHR that embeds the view: "
+                                    "its origin, e.g. https://ehr.example.org).")
+    ui_cookie_samesite: Literal["strict", "lax", "none"] = Field(
+        "strict", description="SameSite of the web view's session cookie (none when "
+        "embedded in an EHR's frame; it is then sent only over https).")
     # ---- server
     host: str = "127.0.0.1"
     port: int = 3000

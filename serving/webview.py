@@ -1,5 +1,6 @@
 """The web view: a small Starlette app mounted on the prediction service at ``/ui``
-(``@bentoml.asgi_app(webapp, path="/ui")`` in serving/service.py).
+(``@bentoml.asgi_app(webapp, path="/ui")`` in serving/service.py; the app is composed in
+`serving.ui` from these routes and the SMART launch of `serving.smart`).
 
 It renders what the API returns; it computes nothing of its own. Every assessment comes from
 the service's loaded bundle (``bentoml.get_current_service().bundle.assess``), after the data
@@ -43,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
@@ -99,10 +99,12 @@ class Caseload:
 
 @dataclass
 class UiSession:
-    key: str  # re-checked on every request (revocation ends the session)
+    key: str | None  # re-checked on every request (revocation ends the session); None for a
+    # session opened by a SMART launch, which ends when the EHR's access token expires
     clinic: str
     seen: float = field(default_factory=time.monotonic)
     caseload: Caseload | None = None
+    ends: float | None = None  # time.monotonic() at which the session ends, if set
 
 
 class _State:
@@ -115,10 +117,11 @@ class _State:
         self.sessions: OrderedDict[str, UiSession] = OrderedDict()
         self.lock = threading.Lock()
 
-    def new_session(self, key: str, clinic: str) -> str:
+    def new_session(self, key: str | None, clinic: str, caseload: Caseload | None = None,
+                    ends: float | None = None) -> str:
         sid = secrets.token_urlsafe(32)
         with self.lock:
-            self.sessions[sid] = UiSession(key=key, clinic=clinic)
+            self.sessions[sid] = UiSession(key=key, clinic=clinic, caseload=caseload, ends=ends)
             while len(self.sessions) > self.settings.ui_max_sessions:
                 self.sessions.popitem(last=False)
         return sid
@@ -131,12 +134,13 @@ class _State:
             s = self.sessions.get(sid)
             if s is None:
                 return None
-            if now - s.seen > self.settings.ui_idle_minutes * 60:
+            if now - s.seen > self.settings.ui_idle_minutes * 60 or (
+                    s.ends is not None and now >= s.ends):
                 del self.sessions[sid]
                 return None
             s.seen = now
             self.sessions.move_to_end(sid)
-        if self.service.settings.require_auth:
+        if self.service.settings.require_auth and s.key is not None:
             if not self.keys.authorize(f"Bearer {s.key}", "assess").ok:
                 self.drop(sid)
                 return None
@@ -177,12 +181,28 @@ def _state() -> _State | None:
 templates = Jinja2Templates(directory=str(HERE / "templates"))  # autoescapes .html
 
 _HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+def headers(settings: Any = None) -> dict[str, str]:
+    """Security headers of every page; ``frame-ancestors`` from ONTRACK_UI_FRAME_ANCESTORS
+    ('none' unless the web view is embedded in an EHR)."""
+    ancestors = getattr(settings, "ui_frame_ancestors", None) or "'none'"
+    return {"Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' "
+            f"data:; form-action 'self'; frame-ancestors {ancestors}; base-uri 'none'",
+            **_HEADERS}
+
+
+def set_session_cookie(request: Request, resp: Response, sid: str, settings: Any) -> None:
+    """The browser session's cookie: HttpOnly, SameSite from ONTRACK_UI_COOKIE_SAMESITE
+    (strict unless embedded: an EHR's iframe needs none, which browsers accept only with
+    Secure), Secure on https."""
+    same = getattr(settings, "ui_cookie_samesite", "strict")
+    resp.set_cookie(COOKIE, sid, httponly=True, samesite=same, path=_path(request, "home"),
+                    secure=request.url.scheme == "https" or same == "none")
 
 
 def _path(request: Request, name: str, **params: Any) -> str:
@@ -196,13 +216,14 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
         "u": lambda name, **kw: _path(request, name, **kw), "SIGNALS": SIGNALS,
         "SAFETY": SAFETY, "FLAGS": FLAGS, "model_version": st.service.bundle.version if st else None,
         **context}, status_code=status)
-    resp.headers.update(_HEADERS)
+    resp.headers.update(headers(st.settings if st else None))
     return resp
 
 
 def _to_login(request: Request) -> Response:
     resp = RedirectResponse(_path(request, "login"), status_code=303)
-    resp.headers.update(_HEADERS)
+    st = _state()
+    resp.headers.update(headers(st.settings if st else None))
     return resp
 
 
@@ -249,8 +270,7 @@ async def login(request: Request) -> Response:
         clinic = "unauthenticated"
     sid = st.new_session(key, clinic)
     resp = RedirectResponse(_path(request, "caseload"), status_code=303)
-    resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path=_path(request, "home"),
-                    secure=request.url.scheme == "https")
+    set_session_cookie(request, resp, sid, st.settings)
     return resp
 
 
@@ -330,14 +350,20 @@ def _assess_cohort(st: _State, clinic: str, sessions: pd.DataFrame,
     svc = st.service
     assessments = svc.bundle.assess(s, cov, horizon=svc.settings.horizon)
     svc.audit.record(uuid.uuid4().hex, clinic, assessments)
-    assessments.sort(key=_caseload_order)
+    return make_caseload(source, assessments, s), [], len(ids)
+
+
+def make_caseload(source: str, assessments: list[Any], s: pd.DataFrame) -> Caseload:
+    """The caseload of assessed clients: safety and open flags first (`_caseload_order`),
+    with the sessions frame their charts are drawn from."""
+    assessments = sorted(assessments, key=_caseload_order)
     last_dates: dict[str, str] = {}
     if "date" in s.columns and s["date"].notna().any():
         last = s.dropna(subset=["date"]).groupby("client_id")["date"].max()
         last_dates = {str(k): v.date().isoformat() for k, v in last.items()}
     rows = [_row(i, a, last_dates) for i, a in enumerate(assessments)]
     return Caseload(source, assessments, rows, s, sum(a.safety.status == "flag"
-                                                      for a in assessments)), [], len(ids)
+                                                      for a in assessments))
 
 
 async def caseload(request: Request) -> Response:
@@ -562,7 +588,8 @@ async def model_page(request: Request) -> Response:
 
 
 # ------------------------------------------------------------------------------------------
-webapp = Starlette(routes=[
+#: The web view's routes; `serving.ui` composes them with the SMART launch into the app.
+routes = [
     Route("/", home, name="home"),
     Route("/login", login, methods=["GET", "POST"], name="login"),
     Route("/logout", logout, methods=["POST"], name="logout"),
@@ -572,4 +599,4 @@ webapp = Starlette(routes=[
     Route("/client/{n:int}", client_page, name="client"),
     Route("/model", model_page, name="model"),
     Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
-])
+]

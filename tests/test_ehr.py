@@ -29,9 +29,12 @@ from tests.ehr_fixtures import (
     jwks_server,
     make_key,
     put_resources,
+    smart_ehr,
     token,
 )
 from tests.service_fixtures import served_service
+from tests.test_webview_browser import _require_chromium
+from tests.webview_fixtures import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.slow
 
@@ -44,16 +47,20 @@ SECRET = "test-secret-0123456789abcdef"
 def ehr(tmp_path_factory):
     root = tmp_path_factory.mktemp("ehr")
     es, rs = make_key("ES384", "ehr-es-1"), make_key("RS384", "ehr-rs-1")
-    with jwks_server({"keys": [rs.public_jwk]}) as jku, fhir_server(root / "fhir") as fhir:
+    with jwks_server({"keys": [rs.public_jwk]}) as jku, fhir_server(root / "fhir") as fhir, \
+            smart_ehr(fhir) as smart:
         (root / "issuers.json").write_text(json.dumps({"issuers": [
             {"iss": ISS, "clinic": "clinic-ehr", "jwks": {"keys": [es.public_jwk]},
              "jku": [jku], "fhir_servers": [fhir]}]}))
+        (root / "smart.json").write_text(json.dumps({"clients": [
+            {"iss": smart.iss, "client_id": smart.client_id, "clinic": "clinic-ehr"}]}))
         env = {"ONTRACK_CDS_ISSUERS_PATH": str(root / "issuers.json"),
-               "ONTRACK_CDS_REPLAY_PATH": str(root / "jti.sqlite")}
+               "ONTRACK_CDS_REPLAY_PATH": str(root / "jti.sqlite"),
+               "ONTRACK_SMART_CLIENTS_PATH": str(root / "smart.json")}
         with served_service(root / "svc", "clinic-a", env) as svc:
             yield SimpleNamespace(url=svc["url"], key=svc["key"], log=svc["log"],
                                   audit=root / "svc" / "audit.sqlite", es=es, rs=rs, jku=jku,
-                                  fhir=fhir)
+                                  fhir=fhir, smart=smart)
 
 
 def _history() -> dict:
@@ -359,6 +366,72 @@ def test_cors_is_open_on_cds_hooks_only(ehr):
     assert r.headers["access-control-allow-origin"] in {"*", "https://ehr.test"}
     r = httpx.options(f"{ehr.url}/v1/assess", headers=pre, timeout=10)
     assert "access-control-allow-origin" not in r.headers
+
+
+# ------------------------------------------------------------------------------------------
+# SMART App Launch of the web view
+# ------------------------------------------------------------------------------------------
+def _checked_history(pid: str) -> dict:
+    """The first example client without the support checklist (its items have no LOINC
+    codes, so an EHR would hold them only in a QuestionnaireResponse)."""
+    client = copy.deepcopy(_history()["clients"][0])
+    for s in client["sessions"]:
+        s["scores"] = [x for x in s["scores"] if x["instrument"] != "CSC"]
+    client["client_id"] = pid
+    return client
+
+
+@pytest.mark.browser
+def test_a_smart_launch_opens_the_client_page_with_the_api_signal(ehr, tmp_path):
+    _require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    client = _checked_history("ps")
+    put_resources(ehr.fhir, [{"resourceType": "Patient", "id": "ps"},
+                             *client_resources("ps", client, kind="Observation")])
+    ehr.smart.launches["launch-7f3"] = "ps"
+    [want] = _assess_json(ehr, {"clients": [client]})
+    visited: list[str] = []
+    csp: list[str] = []
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
+            args=CHROMIUM_FLAGS, service_workers="block")
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.on("framenavigated", lambda f: visited.append(f.url))
+        page.on("response", lambda r: r.url.endswith("/ui/client/0") and csp.append(
+            r.headers.get("content-security-policy", "")))
+        page.goto(f"{ehr.url}/ui/smart/launch?iss={ehr.smart.iss}&launch=launch-7f3")
+        page.wait_for_url("**/ui/client/0")
+        signal = page.locator("#signal-reason").inner_text()
+        flag = page.locator("#flag-reason").inner_text()
+        safety = page.locator("#safety-banner").inner_text()
+        context.close()
+    assert signal.strip() == want["signal"]["reason"]
+    assert flag.strip() == want["flag"]["reason"]
+    assert want["safety"]["message"] in safety
+    assert not any("/ui/login" in u for u in visited)  # the EHR session is the login
+    assert csp and "frame-ancestors 'none'" in csp[0]
+    [(_, asked)] = [x for x in ehr.smart.log if x[0] == "authorize"][-1:]
+    assert asked["code_challenge_method"] == "S256" and asked["aud"] == ehr.smart.iss
+    assert ehr.smart.pkce_checked == [True]  # the EHR verified the S256 challenge
+
+
+def test_a_launch_from_an_unregistered_ehr_or_a_forged_callback_is_refused(ehr):
+    r = httpx.get(f"{ehr.url}/ui/smart/launch", params={"iss": "http://127.0.0.1:9/fhir",
+                                                         "launch": "x"}, timeout=10)
+    assert r.status_code == 400 and "registered" in r.text
+    r = httpx.get(f"{ehr.url}/ui/smart/callback", params={"code": "c", "state": "s"},
+                  cookies={"ontrack_smart_state": "s"}, timeout=10)
+    assert r.status_code == 400 and "expired" in r.text
+    r = httpx.get(f"{ehr.url}/ui/smart/launch", params={"iss": ehr.smart.iss,
+                                                         "launch": "launch-x"}, timeout=10)
+    assert r.status_code == 302
+    state = r.cookies["ontrack_smart_state"]
+    r = httpx.get(f"{ehr.url}/ui/smart/callback", params={"code": "c", "state": state},
+                  cookies={"ontrack_smart_state": "another"}, timeout=10)
+    assert r.status_code == 400  # the state is not the browser's own
 
 
 def test_no_patient_id_resource_content_or_token_reaches_the_log(ehr):
