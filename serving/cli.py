@@ -101,7 +101,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> boo
 
 
 def serve_command(host: str | None = None, port: int | None = None,
-                  dev_key: bool = True) -> None:
+                  dev_key: bool = True, after_ready=None) -> None:
     """Start the prediction service (the registry model named by settings) and block."""
     settings = _settings()
     host = host or settings.host
@@ -146,6 +146,8 @@ def serve_command(host: str | None = None, port: int | None = None,
         else:
             typer.echo("Create a key with `ontrack keys add CLINIC`; example call:\n  "
                        + example_call(url, "<key>", example))
+        if after_ready is not None:
+            after_ready(url)
         proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
@@ -159,6 +161,71 @@ def register(app: typer.Typer) -> None:
                             no_args_is_help=True)
     app.add_typer(keys_app, name="keys")
     app.add_typer(audit_app, name="audit")
+
+    @app.command("ehr-demo")
+    def ehr_demo(
+        patients: Annotated[int, typer.Option(help="Demo patients loaded into the local EHR.",
+                                              min=1, max=500)] = 20,
+        port: Annotated[int | None, typer.Option(help="OnTrack's port.")] = None,
+        fhir_port: Annotated[int | None, typer.Option(help="The local FHIR server's port "
+                                                      "(default: a free one).")] = None,
+        token_only: Annotated[bool, typer.Option("--token", help="Print a fresh CDS Hooks "
+                                                 "token for the running demo, then exit.")
+                              ] = False,
+    ) -> None:
+        """A local EHR beside OnTrack (development): a FHIR server holding demo patients'
+        measures, an EHR key OnTrack trusts for CDS Hooks, and a ready CDS Hooks request."""
+        from serving import ehrdemo
+        from serving.fhir.measures import client_resources
+
+        settings = _settings()
+        root = settings.keys_path.parent / "ehr-demo"
+        port = port or settings.port
+        public = f"http://127.0.0.1:{port}"
+        service_url = f"{public}/cds-services/ontrack-patient-view"
+        if token_only:
+            pem = root / "ehr_es384.pem"
+            if not pem.exists():
+                typer.echo("error: no demo EHR key yet: start `ontrack ehr-demo` first", err=True)
+                raise typer.Exit(1)
+            key = ehrdemo.EhrKey(pem.read_bytes(), {}, "ES384", "demo-1")
+            typer.echo(ehrdemo.token(key, ehrdemo.DEMO_ISSUER, service_url))
+            return
+        if not settings.demo_path.exists():
+            typer.echo(f"error: no demo cohort at {settings.demo_path}: run `make run` (or "
+                       "`ontrack demo --no-serve`) first", err=True)
+            raise typer.Exit(1)
+        people = ehrdemo.demo_patients(settings.demo_path, patients)
+        try:
+            with ehrdemo.fhir_server(root / "fhir", fhir_port) as base:
+                resources = [{"resourceType": "Patient", "id": pid} for pid, _ in people]
+                for pid, client in people:
+                    resources += client_resources(pid, client, kind="Observation")
+                ehrdemo.put_resources(base, resources)
+                ehrdemo.prepare(root, public, base)
+                hook = root / "hook.json"
+                hook.write_text(json.dumps(ehrdemo.hook_request(people[0][0], base), indent=1))
+                os.environ.update({
+                    "ONTRACK_CDS_ISSUERS_PATH": str(root / "cds_issuers.json"),
+                    "ONTRACK_CDS_REPLAY_PATH": str(root / "cds_jti.sqlite"),
+                    "ONTRACK_PUBLIC_URL": public})
+
+                def show(url: str) -> None:
+                    rel = hook.relative_to(REPO_ROOT) if hook.is_relative_to(REPO_ROOT) else hook
+                    typer.echo(f"\nLocal EHR (FHIR R4): {base}  ({len(people)} patients: "
+                               f"{people[0][0]} ... {people[-1][0]}, {len(resources)} "
+                               "resources)")
+                    typer.echo(f"CDS Hooks discovery: {url}/cds-services")
+                    typer.echo("A CDS Hooks call (OnTrack reads the measures from the EHR):\n"
+                               f"  TOKEN=$(uv run ontrack ehr-demo --token --port {port})\n"
+                               f"  curl -s -X POST {service_url} -H \"Authorization: Bearer "
+                               "$TOKEN\" -H 'Content-Type: application/json' --data "
+                               f"@{rel}")
+
+                serve_command(port=port, after_ready=show)
+        except RuntimeError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
 
     @app.command()
     def serve(
