@@ -63,19 +63,12 @@ CREATE TABLE IF NOT EXISTS cds_feedback (
     has_comment      INTEGER NOT NULL,
     outcome_time     TEXT
 );
-CREATE TRIGGER IF NOT EXISTS cds_cards_no_update BEFORE UPDATE ON cds_cards
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END;
-CREATE TRIGGER IF NOT EXISTS cds_cards_no_delete BEFORE DELETE ON cds_cards
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
-CREATE TRIGGER IF NOT EXISTS cds_feedback_no_update BEFORE UPDATE ON cds_feedback
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END;
-CREATE TRIGGER IF NOT EXISTS cds_feedback_no_delete BEFORE DELETE ON cds_feedback
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
-CREATE TRIGGER IF NOT EXISTS assessments_no_update BEFORE UPDATE ON assessments
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: UPDATE refused'); END;
-CREATE TRIGGER IF NOT EXISTS assessments_no_delete BEFORE DELETE ON assessments
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: DELETE refused'); END;
 """
+# rows can only be added: UPDATE and DELETE are refused on every table
+_SCHEMA += "".join(
+    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}\n"
+    f"BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: {op} refused'); END;\n"
+    for table in ("assessments", "cds_cards", "cds_feedback") for op in ("UPDATE", "DELETE"))
 
 
 def pseudonym(secret: bytes, client_id: str) -> str:

@@ -167,11 +167,14 @@ def _detail(a: Any) -> str:
     return "\n\n".join(lines)
 
 
-def cards_for(assessments: list[Any], public_url: str, info_cards: bool
-              ) -> list[tuple[Card, Any]]:
+def cards_for(assessments: list[Any], public_url: str, info_cards: bool,
+              smart: bool = False) -> list[tuple[Card, Any]]:
     """(card, the assessment it is about): safety first (critical), then not-on-track flags
-    (warning), then the rest (info)."""
+    (warning), then the rest (info). With ``smart`` (a SMART launch is configured), each card
+    links to the web view's client page, launched by the EHR for the patient in context."""
     source = _source(public_url)
+    links = [Link(label="Open the client in OnTrack", url=f"{public_url}/ui/smart/launch",
+                  type="smart")] if smart else []
     cards: list[tuple[Card, Any]] = []
     safety = [a for a in assessments if a.safety.status == "flag"]
     seen: set[str] = set()
@@ -182,14 +185,16 @@ def cards_for(assessments: list[Any], public_url: str, info_cards: bool
         cards.append((Card(uuid=str(uuid.uuid4()), indicator="critical", source=source,
                            summary=_short(f"Risk item answered on {a.instrument}: review risk "
                                           "with the client today"),
-                           detail=a.safety.message, overrideReasons=OVERRIDE_REASONS), a))
+                           detail=a.safety.message, overrideReasons=OVERRIDE_REASONS,
+                           links=links), a))
     for a in assessments:
         if a.flag.flagged:
             state = "new" if a.flag.state == "new" else "continuing"
             cards.append((Card(uuid=str(uuid.uuid4()), indicator="warning", source=source,
                                summary=_short(f"Not on track on {a.instrument} ({state} "
                                               f"flag, session {a.session})"),
-                               detail=_detail(a), overrideReasons=OVERRIDE_REASONS), a))
+                               detail=_detail(a), overrideReasons=OVERRIDE_REASONS,
+                               links=links), a))
         elif info_cards:
             summary = f"{a.instrument}: no not-on-track flag at session {a.session}"
             if a.flag.state == "cleared":
@@ -199,7 +204,7 @@ def cards_for(assessments: list[Any], public_url: str, info_cards: bool
                 summary += "; see the risk-item card"
                 detail = "**A risk item was answered: see the critical card first.**\n\n" + detail
             cards.append((Card(uuid=str(uuid.uuid4()), indicator="info", source=source,
-                               summary=_short(summary), detail=detail), a))
+                               summary=_short(summary), detail=detail, links=links), a))
     return cards
 
 
@@ -269,6 +274,20 @@ def _caller(svc: Any, request: Request) -> Caller | None:
         return None
 
 
+async def _admit(service_id: str, request: Request
+                 ) -> tuple[Any, Caller | None, JSONResponse | None]:
+    """(service, caller, None), or a refusal: 404 for a service OnTrack does not have, 401
+    without a valid EHR token."""
+    svc = _service()
+    if service_id != SERVICE_ID:
+        return svc, None, _bad(404, "unknown_service", f"no CDS Service {service_id!r} here; "
+                               "see the discovery document at /cds-services")
+    caller = await run_in_threadpool(_caller, svc, request)  # may fetch a JWKS
+    if caller is None:
+        return svc, None, _unauthorized()
+    return svc, caller, None
+
+
 async def _json(request: Request, model: type[BaseModel]):
     try:
         return model.model_validate_json(await request.body()), None
@@ -287,13 +306,9 @@ async def discovery_route() -> dict[str, Any]:
 
 @cds.post("/{service_id}")
 async def service_route(service_id: str, request: Request):
-    svc = _service()
-    if service_id != SERVICE_ID:
-        return _bad(404, "unknown_service", f"no CDS Service {service_id!r} here; see the "
-                    "discovery document at /cds-services")
-    caller = _caller(svc, request)
-    if caller is None:
-        return _unauthorized()
+    svc, caller, refusal = await _admit(service_id, request)
+    if refusal is not None:
+        return refusal
     req, error = await _json(request, HookRequest)
     if error is not None:
         return error
@@ -326,7 +341,8 @@ async def service_route(service_id: str, request: Request):
                                    f"({len(result.problems)} problem(s) in the record)"),
                     detail=f"The measures in the record break OnTrack's data rules: {text}")
         return {"cards": [card.model_dump(exclude_none=True)]}
-    cards = cards_for(result.assessments, public, svc.settings.cds_info_cards)
+    cards = cards_for(result.assessments, public, svc.settings.cds_info_cards,
+                      smart=svc.settings.smart_clients_path.exists())
     await run_in_threadpool(svc.audit.record_cards, caller.issuer.clinic, [
         (c.uuid, patient, a.instrument, c.indicator, a.flag.state) for c, a in cards])
     return {"cards": [c.model_dump(exclude_none=True) for c, _ in cards]}
@@ -334,12 +350,9 @@ async def service_route(service_id: str, request: Request):
 
 @cds.post("/{service_id}/feedback")
 async def feedback_route(service_id: str, request: Request):
-    svc = _service()
-    if service_id != SERVICE_ID:
-        return _bad(404, "unknown_service", f"no CDS Service {service_id!r} here")
-    caller = _caller(svc, request)
-    if caller is None:
-        return _unauthorized()
+    svc, caller, refusal = await _admit(service_id, request)
+    if refusal is not None:
+        return refusal
     body, error = await _json(request, FeedbackRequest)
     if error is not None:
         return error

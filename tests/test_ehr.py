@@ -237,8 +237,9 @@ def test_cards_follow_the_assessment_and_the_cds_hooks_rules(ehr):
             assert 0 < len(c["summary"]) < 140
             assert c["source"]["label"] == "OnTrack"
             assert httpx.get(c["source"]["url"], timeout=10).status_code == 200
-            for link in c.get("links", []):
-                assert link["type"] in {"absolute", "smart"} and link["url"] and link["label"]
+            [link] = c["links"]  # the SMART launch of the web view (configured here)
+            assert link["type"] == "smart" and link["label"]
+            assert link["url"] == f"{ehr.url}/ui/smart/launch"
             if c["indicator"] in {"critical", "warning"}:
                 assert all(o["code"] for o in c["overrideReasons"])
         if i == 1:  # item 9 answered: safety first, and no reassurance beside it

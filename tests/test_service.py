@@ -661,3 +661,25 @@ def test_a_clinic_flag_budget_comes_from_the_settings(env):
     with environ({"ONTRACK_FLAG_BUDGETS": json.dumps({"x": 1.5})}), pytest.raises(
             ValidationError, match="between 0 and 1"):
         ServingSettings()
+
+
+def test_card_and_feedback_tables_are_append_only_and_keep_no_comment(tmp_path):
+    from serving.audit import AuditLog, pseudonym
+
+    log = AuditLog(tmp_path / "audit.sqlite", "test-secret-0123456789abcdef").open()
+    log.record_cards("clinic-a", [("card-1", "Patient/p9", "PHQ-9", "warning", "new")])
+    owner = log.card_owner("card-1", "clinic-a")
+    assert owner == pseudonym(b"test-secret-0123456789abcdef", "Patient/p9")
+    assert log.card_owner("card-1", "clinic-b") is None  # another clinic's card
+    log.record_feedback("clinic-a", [("card-1", owner, "overridden", "other", True, None)])
+    [row] = log.feedback()
+    assert (row["outcome"], row["override_reason"], row["has_comment"]) == (
+        "overridden", "other", 1)
+    log.close()
+    conn = sqlite3.connect(tmp_path / "audit.sqlite")
+    for table in ("cds_cards", "cds_feedback"):
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute(f"UPDATE {table} SET clinic = 'x'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute(f"DELETE FROM {table}")
+    assert b"Patient/p9" not in (tmp_path / "audit.sqlite").read_bytes()
