@@ -62,6 +62,7 @@ class SmartEhr:
     launches: dict  # launch id -> patient id
     pkce_checked: list  # one entry per token request whose S256 challenge verified
     log: list  # what the authorisation server was asked, for the test's assertions
+    issued: list  # access tokens issued
 
 
 @contextmanager
@@ -82,7 +83,7 @@ def smart_ehr(fhir_base: str, client_id: str = "ontrack-web") -> Iterator[SmartE
     port = free_port()
     root = f"http://127.0.0.1:{port}"
     ehr = SmartEhr(iss=f"{root}/fhir", client_id=client_id, launches={}, pkce_checked=[],
-                   log=[])
+                   log=[], issued=[])
     codes: dict[str, dict] = {}
     tokens: dict[str, str] = {}
     redirect: dict[str, str] = {}
@@ -127,6 +128,7 @@ def smart_ehr(fhir_base: str, client_id: str = "ontrack-web") -> Iterator[SmartE
         ehr.pkce_checked.append(True)
         access = _secrets.token_urlsafe(24)
         tokens[access] = grant["patient"]
+        ehr.issued.append(access)
         return JSONResponse({"access_token": access, "token_type": "Bearer",
                              "expires_in": 3600, "scope": "launch patient/*.rs",
                              "patient": grant["patient"]})

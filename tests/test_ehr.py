@@ -446,5 +446,9 @@ def test_no_patient_id_resource_content_or_token_reaches_the_log(ehr):
     assert _assess_fhir(ehr, bundle(res)).status_code == 200
     text = ehr.log.read_text()
     assert "CDS Hooks call refused (rule: replayed_jti)" in text  # the log is being written
-    for secret in (SENTINEL, tok, FHIR_TOKEN, ehr.key, "QuestionnaireResponse/"):
+    # the SMART launch ran earlier in this module (when Chromium is there): its launch id,
+    # the EHR's access tokens and the patient's resource ids must not be logged either
+    secrets = [SENTINEL, tok, FHIR_TOKEN, ehr.key, "QuestionnaireResponse/", "Observation/",
+               "launch-7f3", "ps-s1-0", *ehr.smart.issued]
+    for secret in secrets:
         assert secret not in text
