@@ -71,6 +71,15 @@ _SCHEMA += "".join(
     for table in ("assessments", "cds_cards", "cds_feedback") for op in ("UPDATE", "DELETE"))
 
 
+class AuditUnavailable(Exception):
+    """The audit log cannot be written (disk full, read-only, locked, gone). No assessment is
+    given without its audit row: the service answers 503 with this reason."""
+
+    def __init__(self, cause: sqlite3.Error) -> None:
+        super().__init__("the audit log cannot be written "
+                         f"({type(cause).__name__}: {str(cause).split(':')[0][:80]})")
+
+
 def pseudonym(secret: bytes, client_id: str) -> str:
     return hmac.new(secret, client_id.encode(), hashlib.sha256).hexdigest()
 
@@ -84,7 +93,9 @@ class AuditLog:
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = open_wal(self.path, _SCHEMA, synchronous="NORMAL")
+            # FULL: a commit returns only once the WAL is on disk, so a response is never
+            # sent for an assessment whose row a crash (or power loss) could still lose
+            conn = open_wal(self.path, _SCHEMA, synchronous="FULL")
             cols = {r[1] for r in conn.execute("PRAGMA table_info(assessments)")}
             if "flag_state" not in cols:  # a log written before the flag policy
                 conn.execute("ALTER TABLE assessments ADD COLUMN flag_state TEXT")
@@ -113,15 +124,20 @@ class AuditLog:
         return len(rows)
 
     def _insert(self, sql: str, rows: list[tuple]) -> None:
+        """All rows or none; `AuditUnavailable` when they cannot be made durable."""
         with self._lock:
-            db = self._db()
-            db.execute("BEGIN")
             try:
-                db.executemany(sql, rows)
-            except sqlite3.Error:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                db = self._db()
+                db.execute("BEGIN")
+                try:
+                    db.executemany(sql, rows)
+                    db.execute("COMMIT")
+                except sqlite3.Error:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as err:
+                raise AuditUnavailable(err) from None
 
     def record_cards(self, clinic: str, cards: Iterable[tuple[str, str, str | None, str,
                                                               str | None]]) -> None:

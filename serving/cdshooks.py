@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from features.instruments import CODE_SYSTEM
+from serving.audit import AuditUnavailable
 from serving.ehrauth import Caller, Refused
 from serving.fhir.client import FetchError, search
 from serving.fhir.inbound import reference
@@ -331,7 +332,11 @@ async def service_route(service_id: str, request: Request):
         return {"cards": []}
     doc = {"resourceType": "Bundle", "type": "collection",
            "entry": [{"resource": r} for r in resources]}
-    result = await run_in_threadpool(svc.assess_fhir, doc, caller.issuer.clinic)
+    try:
+        result = await run_in_threadpool(svc.assess_fhir, doc, caller.issuer.clinic)
+    except AuditUnavailable as err:  # no cards without their audit rows
+        log.error("CDS Hooks call refused: %s", err)
+        return _bad(503, "audit_unavailable", f"{err}; try again later")
     public = svc.settings.public_url.rstrip("/")
     if result.status != 200:
         issues = result.problems[:3]
@@ -343,8 +348,12 @@ async def service_route(service_id: str, request: Request):
         return {"cards": [card.model_dump(exclude_none=True)]}
     cards = cards_for(result.assessments, public, svc.settings.cds_info_cards,
                       smart=svc.settings.smart_clients_path.exists())
-    await run_in_threadpool(svc.audit.record_cards, caller.issuer.clinic, [
-        (c.uuid, patient, a.instrument, c.indicator, a.flag.state) for c, a in cards])
+    try:
+        await run_in_threadpool(svc.audit.record_cards, caller.issuer.clinic, [
+            (c.uuid, patient, a.instrument, c.indicator, a.flag.state) for c, a in cards])
+    except AuditUnavailable as err:
+        log.error("CDS Hooks call refused: %s", err)
+        return _bad(503, "audit_unavailable", f"{err}; try again later")
     return {"cards": [c.model_dump(exclude_none=True) for c, _ in cards]}
 
 
@@ -367,5 +376,9 @@ async def feedback_route(service_id: str, request: Request):
         comment = bool((f.overrideReason or {}).get("userComment"))
         rows.append((f.card, owner, f.outcome, code if isinstance(code, str) else None,
                      comment, f.outcomeTimestamp))
-    n = await run_in_threadpool(svc.audit.record_feedback, caller.issuer.clinic, rows)
+    try:
+        n = await run_in_threadpool(svc.audit.record_feedback, caller.issuer.clinic, rows)
+    except AuditUnavailable as err:
+        log.error("CDS Hooks feedback refused: %s", err)
+        return _bad(503, "audit_unavailable", f"{err}; send it again later")
     return {"recorded": n}

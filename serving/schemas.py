@@ -151,7 +151,8 @@ class Problem(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: str = Field(description="invalid_request | unauthorized | forbidden | "
-                       "payload_too_large | unsupported_media_type | internal_error")
+                       "payload_too_large | unsupported_media_type | audit_unavailable | "
+                       "internal_error")
     message: str
     detail: list[Problem] = []
 

@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
+from serving.audit import AuditUnavailable
 from serving.batching import Batcher
 from serving.cdshooks import cds
 from serving.fhir.inbound import read_bundle
@@ -56,6 +57,7 @@ from serving.settings import BENTO_MODEL_TAG, ServingSettings
 from serving.ui import webapp
 
 log = logging.getLogger("serving.service")
+RETRY_AFTER = "30"  # OnTrack heuristic: seconds a caller waits when the audit log is down
 
 
 # ------------------------------------------------------------------------------------------
@@ -310,6 +312,14 @@ class OnTrack:
         clinic = getattr(state, "clinic", None) or "unauthenticated"
         try:
             status, body = self.run(request, clinic)
+        except AuditUnavailable as err:  # never an assessment without its audit row
+            log.error("assessment refused: %s", err)
+            ctx.response.status_code = 503
+            ctx.response.headers["Retry-After"] = RETRY_AFTER
+            return JSONResponse(ErrorResponse(error="audit_unavailable", message=str(err) +
+                                "; no assessment is given without its audit row, try again "
+                                "later").model_dump(), status_code=503,
+                                headers={"Retry-After": RETRY_AFTER})
         except Exception as err:  # a bug, never client input: no data in the log or reply
             log.error("assessment failed (%s); request details withheld", type(err).__name__)
             ctx.response.status_code = 500
@@ -339,6 +349,13 @@ class OnTrack:
             "unauthenticated"
         try:
             result = await run_in_threadpool(self.assess_fhir, doc, clinic)
+        except AuditUnavailable as err:
+            log.error("FHIR assessment refused: %s", err)
+            resp = _fhir_json(503, simple_outcome("transient", "audit_unavailable", str(err) +
+                                                  "; no assessment is given without its audit "
+                                                  "row, try again later"))
+            resp.headers["Retry-After"] = RETRY_AFTER
+            return resp
         except Exception as err:  # a bug, never client input: no data in the log or reply
             log.error("FHIR assessment failed (%s); request details withheld",
                       type(err).__name__)

@@ -38,6 +38,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from serving import webview
+from serving.audit import AuditUnavailable
 from serving.fhir.client import FetchError, patient_measures
 from serving.schemas import to_frames
 
@@ -204,7 +205,11 @@ async def callback(request: Request) -> Response:
                         "alliance measures OnTrack knows for this patient.")
     doc = {"resourceType": "Bundle", "type": "collection",
            "entry": [{"resource": r} for r in resources]}
-    result = await run_in_threadpool(svc.assess_fhir, doc, pending.client.clinic)
+    try:
+        result = await run_in_threadpool(svc.assess_fhir, doc, pending.client.clinic)
+    except AuditUnavailable as err:
+        return _message(request, 503, "Assessment not possible now", f"{err}; no assessment "
+                        "is shown without its audit row. Try again later.")
     if result.status != 200:
         text = "; ".join(f"{i.expression}: {i.message}" for i in result.problems[:5])
         return _message(request, 422, "Measures not assessable",

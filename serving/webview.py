@@ -55,6 +55,7 @@ from starlette.templating import Jinja2Templates
 from features.contract import check_assessable, read_table, validate_frames
 from features.instruments import REGISTRY, Role
 from serving import charts
+from serving.audit import AuditUnavailable
 
 log = logging.getLogger("serving.webview")
 
@@ -349,7 +350,12 @@ def _assess_cohort(st: _State, clinic: str, sessions: pd.DataFrame,
             cov = cohort.clients.set_index("client_id")[extra].astype("string")
     svc = st.service
     assessments = svc.bundle.assess(s, cov, horizon=svc.settings.horizon)
-    svc.audit.record(uuid.uuid4().hex, clinic, assessments)
+    try:
+        svc.audit.record(uuid.uuid4().hex, clinic, assessments)
+    except AuditUnavailable as err:  # never a caseload without its audit rows
+        return None, [Problem("audit", None, "audit_unavailable",
+                              f"{err}; nothing is shown without its audit row, try again "
+                              "later")], 0
     return make_caseload(source, assessments, s), [], len(ids)
 
 
@@ -364,6 +370,11 @@ def make_caseload(source: str, assessments: list[Any], s: pd.DataFrame) -> Casel
     rows = [_row(i, a, last_dates) for i, a in enumerate(assessments)]
     return Caseload(source, assessments, rows, s, sum(a.safety.status == "flag"
                                                       for a in assessments))
+
+
+def _status(problems: list[Problem]) -> int:
+    """503 when the audit log is down (try again), else 422 (the data break a rule)."""
+    return 503 if any(p.rule == "audit_unavailable" for p in problems) else 422
 
 
 async def caseload(request: Request) -> Response:
@@ -430,8 +441,8 @@ async def upload(request: Request) -> Response:
                 if cl is not None:
                     s.caseload = cl
     if problems:
-        return _page(request, "caseload.html", status=422, session=s, caseload=s.caseload,
-                     problems=problems[:100], n_problems=len(problems),
+        return _page(request, "caseload.html", status=_status(problems), session=s,
+                     caseload=s.caseload, problems=problems[:100], n_problems=len(problems),
                      demo=st.settings.demo_path)
     return RedirectResponse(_path(request, "caseload"), status_code=303)
 
@@ -461,8 +472,9 @@ async def demo(request: Request) -> Response:
     cl, problems, _ = _assess_cohort(st, s.clinic, sessions, clients,
                                      f"demo cohort (first {len(keep)} clients)")
     if cl is None:
-        return _page(request, "caseload.html", status=422, session=s, caseload=s.caseload,
-                     problems=problems[:100], n_problems=len(problems), demo=path)
+        return _page(request, "caseload.html", status=_status(problems), session=s,
+                     caseload=s.caseload, problems=problems[:100], n_problems=len(problems),
+                     demo=path)
     s.caseload = cl
     return RedirectResponse(_path(request, "caseload"), status_code=303)
 

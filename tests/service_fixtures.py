@@ -127,8 +127,7 @@ def served_service(root: Path, key_name: str, extra_env: dict[str, str] | None =
     """Fit and register the test bundle, create a key and run `bentoml serve
     serving.service:OnTrack` on a free port of 127.0.0.1 until the block ends (what
     `ontrack serve` does: the BentoModel is imported into the store first). Yields a dict:
-    url, key, log (the server's output), root."""
-    import httpx
+    url, key, log (the server's output), root, proc, env, port (to restart it)."""
 
     from serving.auth import KeyStore
 
@@ -146,30 +145,87 @@ def served_service(root: Path, key_name: str, extra_env: dict[str, str] | None =
     port = free_port()
     env.setdefault("ONTRACK_PUBLIC_URL", f"http://127.0.0.1:{port}")
     log_path = root / "server.log"
-    with log_path.open("w") as log:
+    proc, url = start_service(env, port, log_path)
+    try:
+        yield {"url": url, "key": key, "log": log_path, "root": root, "proc": proc, "env": env,
+               "port": port}
+    finally:
+        stop_service(proc)
+
+
+def start_service(env: dict[str, str], port: int, log_path: Path
+                  ) -> tuple[subprocess.Popen, str]:
+    """`bentoml serve serving.service:OnTrack` on 127.0.0.1:port, its output appended to
+    ``log_path``; returns once /readyz answers. The port must be free (a server left running
+    would answer /readyz instead)."""
+    import httpx
+
+    with log_path.open("a") as log:
         proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
                                  "serving.service:OnTrack", "--host", "127.0.0.1", "--port",
                                  str(port), "--working-dir", str(REPO)],
                                 env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_service(proc)
+            raise RuntimeError("service not ready: " + log_path.read_text()[-3000:])
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("service not ready: " + log_path.read_text()[-3000:])
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
-            yield {"url": url, "key": key, "log": log_path, "root": root}
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
+
+def _tree(proc: subprocess.Popen) -> list:
+    """The server process and its workers (BentoML starts each worker in its own session,
+    so a process group does not hold them)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(proc.pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_service(proc: subprocess.Popen) -> None:
+    """SIGKILL to the server and every worker at once: a crash, nothing shuts down cleanly."""
+    import psutil
+
+    tree = _tree(proc)
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=10)
+    proc.wait(timeout=10)
+
+
+def stop_service(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server (it stops its workers); SIGKILL to whatever of the tree is left
+    after 30 s; returns when none of it runs (so the port is free again)."""
+    import psutil
+
+    tree = _tree(proc)
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    if proc.poll() is None:
+        proc.wait(timeout=10)
 
 
 @contextmanager
