@@ -176,3 +176,41 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+#: On every response (OWASP secure headers): no MIME sniffing, no referrer. JSON answers also
+#: get a CSP that allows nothing (they are never rendered), and answers to POSTs, which carry
+#: client data, are not cached. Pages set their own CSP (`serving.webview.headers`); the API
+#: docs page (Swagger UI) keeps BentoML's, with framing forbidden.
+_ALWAYS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
+_STRICT_CSP = b"default-src 'none'; frame-ancestors 'none'"
+
+
+class SecurityHeaders:
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        post = scope.get("method") == "POST"
+
+        async def with_headers(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                have = {k.lower() for k, _ in headers}
+                media = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                for k, v in _ALWAYS:
+                    if k not in have:
+                        headers.append((k, v))
+                if b"content-security-policy" not in have:
+                    html = media.startswith(b"text/html")
+                    headers.append((b"content-security-policy",
+                                    b"frame-ancestors 'none'" if html else _STRICT_CSP))
+                if post and b"cache-control" not in have:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

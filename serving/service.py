@@ -41,7 +41,7 @@ from serving.batching import Batcher
 from serving.cdshooks import cds
 from serving.fhir.inbound import read_bundle
 from serving.fhir.outbound import assessment_bundle, operation_outcome, simple_outcome
-from serving.middleware import RequestGuard
+from serving.middleware import RequestGuard, SecurityHeaders
 from serving.schemas import (
     EXAMPLE_INPUT,
     AssessRequest,
@@ -380,6 +380,9 @@ class OnTrack:
                       instruments=list(self.bundle.models))
 
 
+# BentoML wraps the app in the reverse order: SecurityHeaders ends up outermost, so the
+# guard's own refusals get the headers too
+OnTrack.add_asgi_middleware(SecurityHeaders)
 OnTrack.add_asgi_middleware(RequestGuard)
 
 __all__ = ["OnTrack", "EXAMPLE_INPUT", "Problem", "ModelCard"]

@@ -108,3 +108,27 @@ def test_sentinel_never_reaches_server_logs(server):
     text = server["log"].read_text()
     assert "/v1/assess" in text, "the access log is captured"
     assert SENTINEL not in text
+
+
+def test_every_answer_carries_the_security_headers(server):
+    url, key = server["url"], server["key"]
+    calls = [("GET", "/v1/health", None, {}), ("GET", "/v1/model", None, {}),
+             ("GET", "/docs.json", None, {}), ("GET", "/readyz", None, {}),
+             ("GET", "/cds-services", None, {}), ("GET", "/ui/login", None, {}),
+             ("GET", "/", None, {}),
+             ("POST", "/v1/assess", EXAMPLE_INPUT, _auth(key)),
+             ("POST", "/v1/assess", EXAMPLE_INPUT, {}),  # 401 from the guard
+             ("POST", "/v1/assess", {"clients": []}, _auth(key)),  # 422
+             ("POST", "/v1/fhir/assess", {"resourceType": "Patient"}, _auth(key)),  # 400
+             ("POST", "/cds-services/ontrack-patient-view", {}, {})]  # 401
+    for method, path, body, headers in calls:
+        r = httpx.request(method, f"{url}{path}", json=body, headers=headers, timeout=60)
+        where = f"{method} {path} ({r.status_code})"
+        assert r.headers.get("x-content-type-options") == "nosniff", where
+        assert r.headers.get("referrer-policy") == "no-referrer", where
+        csp = r.headers.get("content-security-policy", "")
+        assert "frame-ancestors" in csp, where
+        if r.headers.get("content-type", "").startswith("application/"):
+            assert csp.startswith("default-src 'none'"), where
+        if method == "POST":
+            assert r.headers.get("cache-control") == "no-store", where
