@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from features.instruments import CODE_SYSTEM
@@ -247,6 +248,18 @@ def measures(req: HookRequest, caller: Caller, patient: str, timeout: float
 cds = FastAPI(title="OnTrack CDS Hooks", docs_url=None, redoc_url=None, openapi_url=None)
 cds.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"],
                    allow_headers=["Authorization", "Content-Type"])
+
+
+@cds.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own refusals (no such route, method not allowed) in the same JSON shape."""
+    words = {404: ("unknown_service", "no such CDS Hooks route; see the discovery document "
+                   "at /cds-services"), 405: ("method_not_allowed", "this route does not take "
+                                              "that method")}
+    rule, message = words.get(exc.status_code, ("invalid_request", "the request was refused"))
+    resp = _bad(exc.status_code, rule, message, "path")
+    resp.headers.update(exc.headers or {})  # e.g. Allow on a 405 (RFC 9110)
+    return resp
 
 
 def _service() -> Any:

@@ -67,6 +67,14 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(CDS_PREFIX) and any(
+                ord(c) < 32 or ord(c) == 127 for c in path):
+            # a control character in the path matches no route (and would fall through to
+            # the server's plain-text 404): answered in the routes' own JSON shape
+            await _respond(send, 404, error_body("unknown_service", "no such route", [
+                Problem(field="path", rule="unknown_service",
+                        message="no such CDS Hooks route; see /cds-services")]))
+            return
         if path == CDS_PREFIX:  # the discovery URL, served without a redirect to "/"
             scope["path"] = path = CDS_PREFIX + "/"
             scope["raw_path"] = path.encode()
@@ -107,10 +115,6 @@ class RequestGuard:
             state["clinic"], state["key_id"] = result.clinic, result.key_id
         else:
             state["clinic"], state["key_id"] = "unauthenticated", None
-        if path == "/v1/noop":
-            await self.app(scope, receive, send)
-            return
-
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in (_FHIR_TYPES if fhir else _JSON_TYPES):
             wanted = "application/fhir+json" if fhir else "application/json"
@@ -122,7 +126,7 @@ class RequestGuard:
         body = await self._read(scope, receive, headers, respond, fhir)
         if body is None:
             return
-        if fhir:
+        if fhir or path == "/v1/noop":
             await self.app(scope, _replay(body, receive), send)
             return
         request, problems = parse_request(body)

@@ -42,6 +42,7 @@ from serving.cdshooks import cds
 from serving.fhir.inbound import read_bundle
 from serving.fhir.outbound import assessment_bundle, operation_outcome, simple_outcome
 from serving.middleware import RequestGuard, SecurityHeaders
+from serving.openapi import OpenAPIDocument
 from serving.schemas import (
     EXAMPLE_INPUT,
     AssessRequest,
@@ -384,5 +385,6 @@ class OnTrack:
 # guard's own refusals get the headers too
 OnTrack.add_asgi_middleware(SecurityHeaders)
 OnTrack.add_asgi_middleware(RequestGuard)
+OnTrack.add_asgi_middleware(OpenAPIDocument)
 
 __all__ = ["OnTrack", "EXAMPLE_INPUT", "Problem", "ModelCard"]

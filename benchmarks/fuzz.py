@@ -1,0 +1,122 @@
+"""Property-based fuzzing of the service on the bundle `make run` trains: printed table.
+
+    .venv/bin/python benchmarks/fuzz.py                    # ~15 minutes, >= 10,000 requests
+    .venv/bin/python benchmarks/fuzz.py --examples 100     # a shorter run
+
+schemathesis generates requests from the service's own OpenAPI document (`/docs.json`, as
+completed by serving/openapi.py) for every operation: valid and invalid bodies, headers and
+methods, in all its phases (examples, coverage, fuzzing, stateful), and runs every check but
+``positive_data_acceptance`` (why: tests/test_fuzz.py) on each answer: no server error,
+status code and content type documented, response body as documented, and the rest. The
+service runs with `bentoml serve` on a free loopback port with a valid key (tables: requests
+and answers by operation, answers by status, failures by check). A random seed each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_service as bs  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from tests.service_fixtures import service_env  # noqa: E402
+from tests.test_fuzz import LEFT_OUT, schemathesis_command  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--examples", type=int, default=900,
+                    help="schemathesis --max-examples per operation and phase")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="ontrack-fuzz-"))
+    store, _ = bs.champion_store(None, None, tmp)
+    uri = f"sqlite:///{(store / 'mlflow.db').resolve()}"
+    env = {**os.environ, **service_env(tmp, uri), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("ONTRACK_", "BENTOML"))})
+    from serving.auth import KeyStore
+    from serving.loader import import_to_bentoml
+    from serving.settings import ServingSettings
+
+    import_to_bentoml(ServingSettings())
+    key = KeyStore(tmp / "keys.sqlite").add("fuzz")
+    proc, url = bs.start_server(env)
+    reports = tmp / "reports"
+    try:
+        cmd = schemathesis_command(url, key, args.examples, None, reports)
+        cmd[cmd.index("junit")] = "junit,ndjson"
+        got = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    table(reports, got.returncode)
+
+
+def table(reports: Path, returncode: int) -> None:
+    by_op: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    statuses: collections.Counter = collections.Counter()
+    for line in next(reports.glob("*.ndjson")).open():
+        event = json.loads(line)
+        done = event.get("ScenarioFinished")
+        if not done:
+            continue
+        label = done.get("recorder", {}).get("label", "?")
+        for interaction in (done.get("recorder", {}).get("interactions") or {}).values():
+            response = interaction.get("response") or {}
+            status = response.get("status_code")
+            by_op[label]["requests"] += 1
+            statuses[status if status is not None else "no answer"] += 1
+            if isinstance(status, int) and status >= 500:
+                by_op[label]["5xx"] += 1
+    failures: collections.Counter = collections.Counter()
+    failed_ops: collections.Counter = collections.Counter()
+    for case in ET.parse(next(reports.glob("*.xml"))).getroot().iter("testcase"):
+        for f in case.iter("failure"):
+            for code in (f.get("message") or "?").split(","):
+                failures[code.strip()] += 1
+            failed_ops[case.get("name")] += 1
+
+    t = Table(title="Fuzzing the service from its OpenAPI document (schemathesis, all checks "
+              f"but {LEFT_OUT})")
+    for col in ("operation", "requests", "5xx answers", "failed checks"):
+        t.add_column(col, justify="left" if col == "operation" else "right")
+    for op in sorted(by_op):
+        t.add_row(op, f"{by_op[op]['requests']:,}", str(by_op[op]["5xx"]),
+                  str(failed_ops.get(op, 0)))
+    total = sum(c["requests"] for c in by_op.values())
+    t.add_row("all", f"{total:,}", str(sum(c["5xx"] for c in by_op.values())),
+              str(sum(failed_ops.values())))
+    bs.console.print(t)
+    s = Table(title="Answers by status")
+    s.add_column("status")
+    s.add_column("answers", justify="right")
+    for status, n in sorted(statuses.items(), key=lambda kv: str(kv[0])):
+        s.add_row(str(status), f"{n:,}")
+    bs.console.print(s)
+    if failures:
+        f = Table(title="Failures by check")
+        f.add_column("check")
+        f.add_column("failures", justify="right")
+        for code, n in failures.most_common():
+            f.add_row(code, str(n))
+        bs.console.print(f)
+    verdict = "met" if total >= 10_000 and not failures and returncode == 0 else "NOT met"
+    bs.console.print(f"target: >= 10,000 requests, 0 server errors, 0 failed checks: "
+                     f"{total:,} requests, {sum(failures.values())} failures: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
