@@ -119,3 +119,16 @@ def test_not_a_bundle_or_no_measures_is_refused():
     assert read_bundle({"resourceType": "Bundle", "entry": []}).problems[0].rule == "no_entries"
     only_patient = bundle([{"resourceType": "Patient", "id": "x"}])
     assert read_bundle(only_patient).problems[0].rule == "no_measures"
+
+
+@pytest.mark.parametrize("canonical, code", [
+    ("http://loinc.org/q/44249-1", "PHQ-9"), ("http://loinc.org/q/44249-1|2.76", "PHQ-9"),
+    ("https://forms.ehr.example/Questionnaire/69737-5", "GAD-7"), ("44249-1", "PHQ-9"),
+    ("http://ontrack.example.org/fhir/Questionnaire/SRS", "SRS"),
+    ("https://forms.ehr.example/Questionnaire/SRS", None),  # only OnTrack's own URL for SRS
+    ("http://loinc.org/q/55757-9", None), (None, None)])
+def test_questionnaires_are_known_by_their_loinc_panel_or_ontrack_url(canonical, code):
+    from serving.fhir.inbound import questionnaire_of
+
+    got = questionnaire_of(canonical)
+    assert (got.code if got else None) == code

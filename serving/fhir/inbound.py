@@ -127,7 +127,7 @@ def questionnaire_of(canonical: str | None) -> Instrument | None:
     url = canonical.split("|", 1)[0].rstrip("/")
     if url in _PANELS:
         return _PANELS[url]
-    return _PANELS.get(url.rsplit("/", 1)[-1]) if "loinc" in url or "/" not in url else None
+    return _PANELS.get(url.rsplit("/", 1)[-1])  # a LOINC panel code as the last segment
 
 
 def reference(ref: Any, aliases: dict[str, str]) -> str | None:
