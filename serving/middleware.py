@@ -8,8 +8,10 @@ unknown fields, empty lists). BentoML's own validation therefore never fails on 
 (it would log the input with the error). The clinic that owns the key travels to the handler in
 ``scope["state"]``. ``/v1/fhir/assess`` passes the same key, media-type (FHIR JSON too) and
 size checks, its refusals written as a FHIR OperationOutcome; its body is read by the route
-(`serving.fhir.inbound`). POSTs under ``/cds-services`` get the size check only (the CDS Hooks
-routes check the EHR's signed token themselves, `serving.cdshooks`).
+(`serving.fhir.inbound`); ``/v1/noop`` passes the key, media-type and size checks too. POSTs
+under ``/cds-services`` get the size check only (the CDS Hooks routes check the EHR's signed
+token themselves, `serving.cdshooks`), and a path there with a control character, which no
+route can match, gets the routes' JSON 404.
 """
 
 from __future__ import annotations
