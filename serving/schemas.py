@@ -76,6 +76,9 @@ EXAMPLE_INPUT: dict[str, Any] = {
 # Request
 # ------------------------------------------------------------------------------------------
 ItemKey = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]?$")]
+# OnTrack rule: the dates a session may carry. No routine outcome record predates 1900, and the
+# sessions frame stores dates as datetime64[ns], which ends in 2262.
+DATE_MIN, DATE_MAX = dt.date(1900, 1, 1), dt.date(2199, 12, 31)
 CovariateKey = Annotated[str, StringConstraints(min_length=1, max_length=64,
                                                 pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
@@ -99,8 +102,9 @@ class SessionIn(BaseModel):
 
     session: int = Field(ge=-(2**31), le=2**31, description="Session number, 1 = intake; "
                          "strictly increasing within a client.", examples=[1])
-    date: dt.date | None = Field(None, description="Session date (ISO 8601), optional.",
-                                 examples=["2025-01-06"])
+    date: dt.date | None = Field(None, ge=DATE_MIN, le=DATE_MAX,
+                                 description="Session date (ISO 8601), optional; from "
+                                 f"{DATE_MIN} to {DATE_MAX}.", examples=["2025-01-06"])
     scores: list[ScoreIn] = Field(min_length=1, max_length=len(REGISTRY),
                                   description="Scores given at this session (one per "
                                   "instrument).")

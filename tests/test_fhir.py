@@ -94,6 +94,8 @@ def test_drafts_errors_and_unknown_questionnaires_are_left_out_and_listed():
     (lambda r: r.pop("authored"), "date_required", "Bundle.entry[0].resource.authored"),
     (lambda r: r.update(authored="2025-02-30"), "fhir_structure",
      "Bundle.entry[0].resource.authored"),
+    (lambda r: r.update(authored="0001-01-01"), "greater_than_equal",
+     "Bundle.entry[0].resource.authored"),
     (lambda r: r["item"][-1].update(answer=[{"valueInteger": 31}]), "score_out_of_range",
      "Bundle.entry[0].resource.item[1].answer[0]"),
     (lambda r: r["item"][0].update(answer=[{"valueInteger": 4}]), "item_out_of_range",

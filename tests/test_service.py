@@ -375,7 +375,14 @@ def _bad_cases():
     many = {"clients": [one(f"c{i}")["clients"][0] for i in range(51)]}
     alliance_only = one("a", [{"session": 1, "scores": [{"instrument": "SRS", "score": 30}]}])
     nan = json.dumps(base).replace('"score": 16', '"score": NaN').encode()
+    # found by fuzzing: a date outside what the sessions frame can hold was a 500
+    year_one = copy.deepcopy(base)
+    year_one["clients"][0]["sessions"][0]["date"] = "0001-01-01"
+    far_future = copy.deepcopy(base)
+    far_future["clients"][0]["sessions"][0]["date"] = "2300-01-01"
     return [
+        ("date in year 1", year_one, 422, "clients[0].sessions[0].date", "greater_than_equal"),
+        ("date in 2300", far_future, 422, "clients[0].sessions[0].date", "less_than_equal"),
         ("unknown instrument", unknown, 422, "clients[0].sessions[0].scores[0].instrument",
          "instrument_unknown"),
         ("score out of range", out_of_range, 422, "clients[0].sessions[1].scores[0].score",
