@@ -1,6 +1,6 @@
 """Property-based fuzzing of the service on the bundle `make run` trains: printed table.
 
-    .venv/bin/python benchmarks/fuzz.py                    # ~15 minutes, >= 10,000 requests
+    .venv/bin/python benchmarks/fuzz.py                    # ~6 minutes, >= 10,000 requests
     .venv/bin/python benchmarks/fuzz.py --examples 100     # a shorter run
 
 schemathesis generates requests from the service's own OpenAPI document (`/docs.json`, as
@@ -37,7 +37,7 @@ from tests.test_fuzz import LEFT_OUT, schemathesis_command  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--examples", type=int, default=900,
+    ap.add_argument("--examples", type=int, default=1000,
                     help="schemathesis --max-examples per operation and phase")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ontrack-fuzz-"))
