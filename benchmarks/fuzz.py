@@ -9,7 +9,8 @@ methods, in all its phases (examples, coverage, fuzzing, stateful), and runs eve
 ``positive_data_acceptance`` (why: tests/test_fuzz.py) on each answer: no server error,
 status code and content type documented, response body as documented, and the rest. The
 service runs with `bentoml serve` on a free loopback port with a valid key (tables: requests
-and answers by operation, answers by status, failures by check). A random seed each run.
+and answers by operation, answers by status, failures by check). A random seed each run,
+printed, so a run can be repeated with ``--seed``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import collections
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -39,7 +41,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--examples", type=int, default=1000,
                     help="schemathesis --max-examples per operation and phase")
+    ap.add_argument("--seed", type=int, default=None, help="default: a random one (printed)")
     args = ap.parse_args()
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    bs.console.print(f"seed {seed}")
     tmp = Path(tempfile.mkdtemp(prefix="ontrack-fuzz-"))
     store, _ = bs.champion_store(None, None, tmp)
     uri = f"sqlite:///{(store / 'mlflow.db').resolve()}"
@@ -56,7 +61,7 @@ def main() -> None:
     proc, url = bs.start_server(env)
     reports = tmp / "reports"
     try:
-        cmd = schemathesis_command(url, key, args.examples, None, reports)
+        cmd = schemathesis_command(url, key, args.examples, seed, reports)
         cmd[cmd.index("junit")] = "junit,ndjson"
         got = subprocess.run(cmd, capture_output=True, text=True)
     finally:
