@@ -132,3 +132,21 @@ def test_every_answer_carries_the_security_headers(server):
             assert csp.startswith("default-src 'none'"), where
         if method == "POST":
             assert r.headers.get("cache-control") == "no-store", where
+
+
+def test_what_fuzzing_found_stays_fixed(server):
+    """Each answer was once a 500 or a plain-text page outside the OpenAPI document."""
+    url, key = server["url"], server["key"]
+    r = httpx.post(f"{url}/v1/noop", content=b"{}", timeout=30,
+                   headers={**_auth(key), "Content-Type": "multipart/form-data"})
+    assert r.status_code == 415 and r.json()["detail"][0]["rule"] == "json_required"
+    r = httpx.post(f"{url}/cds-services/a%0Ab", json={}, timeout=30)
+    assert r.status_code == 404 and r.json()["detail"][0]["rule"] == "unknown_service"
+    r = httpx.request("TRACE", f"{url}/cds-services/ontrack-patient-view", timeout=30)
+    assert r.status_code == 405 and "POST" in r.headers["allow"]
+    assert r.json()["detail"][0]["rule"] == "method_not_allowed"
+    doc = httpx.get(f"{url}/docs.json", timeout=30).json()
+    for path, codes in (("/v1/assess", {"401", "413", "415", "422", "503"}),
+                        ("/v1/fhir/assess", {"200", "400", "401", "422", "503"}),
+                        ("/cds-services/{service_id}", {"200", "401", "412"})):
+        assert codes <= set(doc["paths"][path]["post"]["responses"]), path
