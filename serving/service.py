@@ -256,6 +256,8 @@ class OnTrack:
         self.audit = AuditLog(self.settings.audit_path,
                               self.settings.audit_secret.get_secret_value()).open()
         ex = _example_frames()  # warm-up: first-call costs paid before the first request
+        read_bundle({"resourceType": "Bundle", "entry": [{"resource": {  # the FHIR models
+            "resourceType": "Patient", "id": "warm-up"}}]})
         self.bundle.assess(ex.sessions, ex.covariates, horizon=self.settings.horizon)
         self.batcher = Batcher(self.bundle, self.settings.horizon,
                                self.settings.batch_max_clients)
