@@ -193,16 +193,20 @@ def _tree(proc: subprocess.Popen) -> list:
 
 def kill_service(proc: subprocess.Popen) -> None:
     """SIGKILL to the server and every worker at once: a crash, nothing shuts down cleanly."""
+    _kill(_tree(proc))
+    proc.wait(timeout=10)
+
+
+def _kill(procs: list) -> None:
+    """SIGKILL to each of ``procs`` still running; returns when they are gone."""
     import psutil
 
-    tree = _tree(proc)
-    for p in tree:
+    for p in procs:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(tree, timeout=10)
-    proc.wait(timeout=10)
+    psutil.wait_procs(procs, timeout=10)
 
 
 def stop_service(proc: subprocess.Popen) -> None:
@@ -218,12 +222,7 @@ def stop_service(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             pass
     _, alive = psutil.wait_procs(tree, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
+    _kill(alive)
     if proc.poll() is None:
         proc.wait(timeout=10)
 
