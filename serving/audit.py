@@ -103,7 +103,19 @@ class AuditLog:
         return self._conn
 
     def open(self) -> AuditLog:
-        self._db()
+        """Open the log and check that it can be written now (a write, rolled back): a
+        read-only file or volume is refused here, at start-up."""
+        try:
+            db = self._db()
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            db.execute("BEGIN IMMEDIATE")  # a read-only WAL file still gives this lock:
+            try:  # only a write shows it (rolled back, nothing changes)
+                db.execute(f"PRAGMA user_version = {int(version)}")
+            finally:
+                db.execute("ROLLBACK")
+        except sqlite3.Error:
+            self.close()  # a connection opened read-only would stay read-only
+            raise
         return self
 
     def close(self) -> None:

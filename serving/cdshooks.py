@@ -35,7 +35,7 @@ from serving.ehrauth import Caller, Refused
 from serving.fhir.client import FetchError, search
 from serving.fhir.inbound import reference
 from serving.fhir.outbound import ASSESSMENT_SYSTEM
-from serving.schemas import pydantic_problems
+from serving.schemas import PROBLEM_MEDIA, Problem, problem, pydantic_problems
 
 log = logging.getLogger("serving.cdshooks")
 
@@ -268,15 +268,30 @@ def _service() -> Any:
     return bentoml.get_current_service()
 
 
+_ERRORS = {404: "not_found", 405: "method_not_allowed", 412: "prefetch_missing",
+           503: "audit_unavailable"}
+RETRY_AFTER = "30"  # OnTrack heuristic: seconds an EHR waits when the audit log is down
+
+
+def _problem(status: int, message: str, problems: list[Problem]) -> JSONResponse:
+    """Problem details (RFC 9457), as the API's refusals."""
+    body = problem(_ERRORS.get(status, "invalid_request"), message, problems, status)
+    return JSONResponse(body.model_dump(mode="json"), status_code=status,
+                        media_type=PROBLEM_MEDIA,
+                        headers={"Retry-After": RETRY_AFTER} if status == 503 else None)
+
+
 def _unauthorized() -> JSONResponse:
-    return JSONResponse({"error": "unauthorized"}, status_code=401,
+    """The same answer whatever was wrong with the token (the log has the rule)."""
+    message = "a valid signed token from a registered EHR is needed"
+    body = problem("unauthorized", message, [Problem(field="Authorization",
+                                                     rule="invalid_token", message=message)])
+    return JSONResponse(body.model_dump(mode="json"), status_code=401, media_type=PROBLEM_MEDIA,
                         headers={"WWW-Authenticate": "Bearer"})
 
 
 def _bad(status: int, rule: str, message: str, field: str = "body") -> JSONResponse:
-    return JSONResponse({"error": "invalid_request", "message": message,
-                         "detail": [{"field": field, "rule": rule, "message": message}]},
-                        status_code=status)
+    return _problem(status, message, [Problem(field=field, rule=rule, message=message)])
 
 
 def _caller(svc: Any, request: Request) -> Caller | None:
@@ -307,10 +322,7 @@ async def _json(request: Request, model: type[BaseModel]):
         return model.model_validate_json(await request.body()), None
     except ValidationError as err:
         problems = pydantic_problems(err)
-        return None, JSONResponse({"error": "invalid_request",
-                                   "message": f"{len(problems)} problem(s) in the request",
-                                   "detail": [p.model_dump() for p in problems]},
-                                  status_code=400)
+        return None, _problem(400, f"{len(problems)} problem(s) in the request", problems)
 
 
 @cds.get("/")

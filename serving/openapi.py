@@ -1,8 +1,9 @@
 """The OpenAPI document at ``/docs.json``, completed with what the service really answers.
 
 BentoML builds the document from the service's APIs and mounted apps, but it knows nothing of
-the request guard (401, 403, 413, 415 and the 400/422 of its parsing), of the 503 when the
-audit log cannot be written, of the FHIR route's media types and OperationOutcomes, or of
+the request guard (401, 403, 413, 415, 429 and the 400/422 of its parsing), of the problem
+details media type of every refusal, of the 503 when the audit log cannot be written or the
+model is not loaded, of the FHIR route's media types and OperationOutcomes, or of
 the CDS Hooks routes' bodies and statuses. `complete` adds them, so a client generated from
 the document (and the property-based fuzzing in tests/test_fuzz.py) sees every status a route
 can give with the body it has. The middleware rewrites the document on its way out; nothing
@@ -27,14 +28,12 @@ _OUTCOME = {"type": "object", "required": ["resourceType", "issue"],
                            "issue": {"type": "array", "items": {"type": "object"}}}}
 _BUNDLE = {"type": "object", "required": ["resourceType"],
            "properties": {"resourceType": {"type": "string"}}}
-#: BentoML's own answer when a body does not fit an API's input (the no-op's).
-_BENTOML_ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "detail": {}}}
-_UNAUTHORIZED = {"type": "object", "required": ["error"],
-                 "properties": {"error": {"type": "string", "enum": ["unauthorized"]}}}
+_PROBLEM = "application/problem+json"
 
 _WORDS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-          412: "Precondition Failed", 413: "Content Too Large", 415: "Unsupported Media Type",
-          422: "Unprocessable Content", 500: "Internal Server Error", 503: "Service Unavailable"}
+          405: "Method Not Allowed", 412: "Precondition Failed", 413: "Content Too Large",
+          415: "Unsupported Media Type", 422: "Unprocessable Content", 429: "Too Many Requests",
+          500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 def _answers(schema: dict, codes: tuple[int, ...], media: str = "application/json") -> dict:
@@ -50,19 +49,27 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
         schemas.setdefault(name, sub)
     schemas["ErrorResponse"] = error
     paths = spec.get("paths", {})
-    guarded = (400, 401, 403, 413, 415, 422, 500)
+    guarded = (400, 401, 403, 413, 415, 422, 429, 500)
 
     op = paths.get("/v1/assess", {}).get("post")
     if op is not None:
-        op["responses"].update(_answers(_ERROR, (*guarded, 503)))
+        op["responses"].update(_answers(_ERROR, (*guarded, 503), _PROBLEM))
         body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
         if "schema" in body:
             body["schema"].setdefault("additionalProperties", False)
 
     op = paths.get("/v1/noop", {}).get("post")
     if op is not None:
-        op["responses"].update(_answers(_ERROR, (401, 403)))
-        op["responses"].update(_answers(_BENTOML_ERROR, (400,)))
+        op["responses"].update(_answers(_ERROR, (400, 401, 403, 413, 415, 429), _PROBLEM))
+
+    for path in ("/v1/model", "/v1/health"):  # 503 until the model is loaded
+        op = paths.get(path, {}).get("get")
+        if op is not None:
+            op["responses"].update(_answers(_ERROR, (503,), _PROBLEM))
+    op = paths.get("/v1/problems/{code}", {}).get("get")
+    if op is not None:
+        op["responses"].pop("422", None)  # FastAPI's default; a path string never fails
+        op["responses"].update(_answers(_ERROR, (404,), _PROBLEM))
 
     op = paths.get("/v1/fhir/assess", {}).get("post")
     if op is not None:
@@ -85,8 +92,8 @@ def complete(spec: dict[str, Any]) -> dict[str, Any]:
         if op is None:
             continue
         op["requestBody"] = hook_body
-        op["responses"] = {**_answers(ok, (200,)), **_answers(_UNAUTHORIZED, (401,)),
-                           **_answers(_ERROR, (400, 404, 412, 413, 500, 503))}
+        op["responses"] = {**_answers(ok, (200,)),
+                           **_answers(_ERROR, (400, 401, 404, 412, 413, 500, 503), _PROBLEM)}
     return spec
 
 

@@ -153,12 +153,59 @@ class Problem(BaseModel):
     message: str
 
 
+#: Every problem type the service answers (RFC 9457): code -> (HTTP status, title, what to
+#: do). A problem's ``type`` is ``/v1/problems/<code>``, which answers with this entry.
+PROBLEM_TYPES: dict[str, tuple[int, str, str]] = {
+    "invalid_request": (422, "The request breaks a rule", "Correct the fields named in "
+                        "`errors` (each with its rule) and send the request again."),
+    "unauthorized": (401, "A valid key or token is needed", "Send `Authorization: Bearer "
+                     "<key>` with a key the clinic was given (CDS Hooks: the EHR's signed "
+                     "token)."),
+    "forbidden": (403, "This key may not call this route", "Ask for a key with the scope "
+                  "named in `errors`."),
+    "not_found": (404, "No such route", "See the OpenAPI document at /docs.json."),
+    "method_not_allowed": (405, "This route does not take that method", "Use a method named "
+                           "in the Allow header."),
+    "prefetch_missing": (412, "The EHR's data is missing", "Send the prefetch OnTrack asks "
+                         "for, or the FHIR server and its access token."),
+    "payload_too_large": (413, "The body is too large", "Send fewer clients per call."),
+    "unsupported_media_type": (415, "The body is not JSON", "Send the body as "
+                               "application/json (FHIR: application/fhir+json)."),
+    "rate_limited": (429, "Too many requests for this key", "Wait the seconds in the "
+                     "Retry-After header, then send the request again."),
+    "internal_error": (500, "The assessment failed", "Nothing was assessed or recorded; the "
+                       "error was logged without client data. Try again or report it."),
+    "audit_unavailable": (503, "The audit log cannot be written", "No assessment is given "
+                          "without its audit row; try again after Retry-After seconds."),
+    "not_ready": (503, "The model is not loaded yet", "The service is starting or cannot load "
+                  "its model (see /readyz for the reason); try again after Retry-After "
+                  "seconds."),
+}
+PROBLEM_MEDIA = "application/problem+json"
+
+
 class ErrorResponse(BaseModel):
-    error: str = Field(description="invalid_request | unauthorized | forbidden | "
-                       "payload_too_large | unsupported_media_type | audit_unavailable | "
-                       "internal_error")
-    message: str
-    detail: list[Problem] = []
+    """RFC 9457 problem details, with OnTrack's ``error`` code and the ``errors`` found (each
+    naming its field and rule)."""
+
+    type: str = Field(description="The problem type: /v1/problems/<error> (answers with what "
+                      "it means and what to do).")
+    title: str = Field(description="The problem type in words.")
+    status: int = Field(description="The HTTP status of this answer.")
+    detail: str = Field(description="What went wrong with this request, in words.")
+    error: str = Field(description=" | ".join(PROBLEM_TYPES))
+    errors: list[Problem] = Field(default_factory=list, description="Every problem found: "
+                                  "field, rule, message.")
+
+
+def problem(error: str, detail: str, errors: list[Problem] | None = None,
+            status: int | None = None) -> ErrorResponse:
+    """The problem details of one refusal (``status``: when not the type's usual one, e.g.
+    400 for a body that is not JSON)."""
+    usual, title, _ = PROBLEM_TYPES[error]
+    return ErrorResponse.model_construct(type=f"/v1/problems/{error}", title=title,
+                                         status=status or usual, detail=detail, error=error,
+                                         errors=list(errors or []))
 
 
 # ------------------------------------------------------------------------------------------

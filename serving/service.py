@@ -34,6 +34,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from serving.audit import AuditUnavailable
@@ -41,16 +42,20 @@ from serving.batching import Batcher
 from serving.cdshooks import cds
 from serving.fhir.inbound import read_bundle
 from serving.fhir.outbound import assessment_bundle, operation_outcome, simple_outcome
-from serving.middleware import RequestGuard, SecurityHeaders
+from serving.middleware import FrameworkErrors, ReadinessGate, RequestGuard, SecurityHeaders
 from serving.openapi import OpenAPIDocument
+from serving.readiness import STATUS, NotReady, check_store, load_until_ready
 from serving.schemas import (
     EXAMPLE_INPUT,
+    PROBLEM_MEDIA,
+    PROBLEM_TYPES,
     AssessRequest,
     AssessResponse,
     ClientIn,
     ErrorResponse,
     Problem,
     contract_problems,
+    problem,
     request_problems,
     to_frames,
 )
@@ -217,9 +222,44 @@ def _fhir_json(status: int, doc: dict) -> Response:
     return Response(json.dumps(doc), status_code=status, media_type="application/fhir+json")
 
 
+def problem_response(body: ErrorResponse, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Problem details (RFC 9457) as the answer."""
+    return JSONResponse(body.model_dump(mode="json"), status_code=body.status,
+                        media_type=PROBLEM_MEDIA, headers=headers)
+
+
+class ProblemType(BaseModel):
+    type: str
+    title: str
+    status: int = Field(description="The HTTP status it usually comes with.")
+    what_to_do: str
+
+
 # ------------------------------------------------------------------------------------------
 api = FastAPI(title="OnTrack information routes", docs_url=None, redoc_url=None,
               openapi_url=None)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own refusals (no such route, method not allowed) as problem details."""
+    error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
+                                                             "invalid_request")
+    words = {"not_found": "no such route; see /docs.json",
+             "method_not_allowed": "this route does not take that method"}
+    message = words.get(error, "the request was refused")
+    return problem_response(problem(error, message, [Problem(
+        field="path", rule=error, message=message)], exc.status_code), exc.headers)
+
+
+@api.get("/problems/{code}", response_model=ProblemType, tags=["model"])
+def problem_type(code: str) -> Any:
+    """What a problem type (an error answer's ``type``) means and what to do about it."""
+    if code not in PROBLEM_TYPES:
+        raise StarletteHTTPException(404)
+    status, title, what = PROBLEM_TYPES[code]
+    return ProblemType(type=f"/v1/problems/{code}", title=title, status=status,
+                       what_to_do=what)
 
 
 # threads: request threads of a worker (BentoML's default is one, which queues concurrent
@@ -241,30 +281,50 @@ class OnTrack:
         from serving import logredact
         from serving.audit import AuditLog
         from serving.ehrauth import Verifier, load_issuers
-        from serving.loader import load, load_from_bentoml
 
         self.settings = ServingSettings()
         configure_logging()
         logredact.install()
+        self.cds_verifier = Verifier(load_issuers(self.settings.cds_issuers_path),
+                                     self.settings.cds_replay_path)
+        self.audit = AuditLog(self.settings.audit_path,
+                              self.settings.audit_secret.get_secret_value())
+        self.bundle = self.card = self.batcher = None
+        # a model that cannot be loaded (store missing or locked, corrupt artefact) leaves the
+        # service live and not ready, with the reason on /readyz, and is tried again
+        load_until_ready(self._load_model, self.settings.load_retry_max_seconds)
+
+    def _load_model(self) -> None:
+        """Everything the routes need, then (last) readiness; raises on any failure."""
+        import sqlite3
+
+        from serving.loader import load, load_from_bentoml
+
+        try:
+            self.audit.open()
+        except sqlite3.Error as err:
+            raise NotReady("audit_unavailable", "the audit log cannot be opened for "
+                           "writing") from err
         if self.settings.model_source == "bentoml":
             loaded = load_from_bentoml(self.settings, self.model_ref.stored.path_of(
                 "mlflow_model"))
         else:
+            check_store(self.settings.resolved_tracking_uri())
             loaded = load(self.settings)
-        self.bundle = loaded.bundle
-        self.card = build_card(self.bundle, loaded.source, self.settings)
-        self.audit = AuditLog(self.settings.audit_path,
-                              self.settings.audit_secret.get_secret_value()).open()
+        card = build_card(loaded.bundle, loaded.source, self.settings)
         ex = _example_frames()  # warm-up: first-call costs paid before the first request
         read_bundle({"resourceType": "Bundle", "entry": [{"resource": {  # the FHIR models
             "resourceType": "Patient", "id": "warm-up"}}]})
-        self.bundle.assess(ex.sessions, ex.covariates, horizon=self.settings.horizon)
-        self.batcher = Batcher(self.bundle, self.settings.horizon,
+        loaded.bundle.assess(ex.sessions, ex.covariates, horizon=self.settings.horizon)
+        self.batcher = Batcher(loaded.bundle, self.settings.horizon,
                                self.settings.batch_max_clients)
-        self.cds_verifier = Verifier(load_issuers(self.settings.cds_issuers_path),
-                                     self.settings.cds_replay_path)
+        self.bundle, self.card = loaded.bundle, card
         tune_gc(self.settings.gc_threshold)
         log.info("service ready: model %s from %s", self.bundle.version, loaded.source)
+
+    def __is_ready__(self) -> bool:
+        """BentoML's /readyz: true once the model is loaded (`serving.readiness`)."""
+        return STATUS.ready
 
     # -------------------------------------------------------------------------- core logic
     def run(self, request: AssessRequest, clinic: str) -> tuple[int, Any]:
@@ -275,9 +335,8 @@ class OnTrack:
             frames = to_frames(request)
             problems = contract_problems(frames, self.settings.max_clients)
         if problems:
-            return 422, ErrorResponse(error="invalid_request",
-                                      message=f"{len(problems)} problem(s) in the request",
-                                      detail=problems)
+            return 422, problem("invalid_request",
+                                f"{len(problems)} problem(s) in the request", problems)
         assessments = self.batcher.assess(  # with concurrent requests, in one pass
             frames.sessions, frames.covariates,
             budget=self.settings.flag_budgets.get(clinic),
@@ -298,7 +357,7 @@ class OnTrack:
             return FhirResult(status, parsed.problems, None, parsed)
         status, body = self.run(parsed.request, clinic)
         if status != 200:
-            return FhirResult(status, [parsed.locate(p) for p in body.detail], None, parsed)
+            return FhirResult(status, [parsed.locate(p) for p in body.errors], None, parsed)
         return FhirResult(200, [], body.assessments, parsed)
 
     # -------------------------------------------------------------------------- routes
@@ -319,19 +378,17 @@ class OnTrack:
             log.error("assessment refused: %s", err)
             ctx.response.status_code = 503
             ctx.response.headers["Retry-After"] = RETRY_AFTER
-            return JSONResponse(ErrorResponse(error="audit_unavailable", message=str(err) +
-                                "; no assessment is given without its audit row, try again "
-                                "later").model_dump(), status_code=503,
-                                headers={"Retry-After": RETRY_AFTER})
+            return problem_response(problem(
+                "audit_unavailable", str(err) + "; no assessment is given without its audit "
+                "row, try again later"), {"Retry-After": RETRY_AFTER})
         except Exception as err:  # a bug, never client input: no data in the log or reply
             log.error("assessment failed (%s); request details withheld", type(err).__name__)
             ctx.response.status_code = 500
-            return JSONResponse(ErrorResponse(
-                error="internal_error", message="the assessment failed; the error was logged "
-                "without client data").model_dump(), status_code=500)
+            return problem_response(problem("internal_error", "the assessment failed; the "
+                                            "error was logged without client data"))
         if status != 200:
             ctx.response.status_code = status
-            return JSONResponse(body.model_dump(), status_code=status)
+            return problem_response(body)
         return body
 
     @bentoml.api(route="/v1/noop")
@@ -386,6 +443,8 @@ class OnTrack:
 # BentoML wraps the app in the reverse order: SecurityHeaders ends up outermost, so the
 # guard's own refusals get the headers too
 OnTrack.add_asgi_middleware(SecurityHeaders)
+OnTrack.add_asgi_middleware(FrameworkErrors)
+OnTrack.add_asgi_middleware(ReadinessGate)
 OnTrack.add_asgi_middleware(RequestGuard)
 OnTrack.add_asgi_middleware(OpenAPIDocument)
 

@@ -70,6 +70,15 @@ class ServingSettings(BaseSettings):
         "on the request path (Python's default is 700). After start-up the loaded bundle is "
         "frozen out of collection (gc.freeze), so a request's many small objects no longer "
         "trigger scans of the model; 0 leaves the collector alone. docs/service.md (Speed).")
+    rate_limit_per_minute: int = Field(
+        1200, ge=0, description="Requests per minute each key may make to the protected "
+        "routes, per worker process (0: no limit). OnTrack heuristic: 20 a second is far "
+        "above an EHR's steady use and stops one caller from starving the others.")
+    rate_limit_burst: int = Field(100, ge=1, description="Requests a key may make at once "
+                                  "before the per-minute rate applies (token bucket size).")
+    load_retry_max_seconds: float = Field(
+        30.0, gt=0, le=600, description="Longest pause between attempts to load the model "
+        "when it cannot be loaded at start (the pauses grow 1, 2, 4, ... seconds up to this).")
     # ---- the flag
     flag_budgets: dict[str, float] = Field(
         default_factory=dict, description="Per clinic (key name), its own flag budget: the "

@@ -153,11 +153,11 @@ def served_service(root: Path, key_name: str, extra_env: dict[str, str] | None =
         stop_service(proc)
 
 
-def start_service(env: dict[str, str], port: int, log_path: Path
+def start_service(env: dict[str, str], port: int, log_path: Path, wait_for: str = "/readyz"
                   ) -> tuple[subprocess.Popen, str]:
     """`bentoml serve serving.service:OnTrack` on 127.0.0.1:port, its output appended to
-    ``log_path``; returns once /readyz answers. The port must be free (a server left running
-    would answer /readyz instead)."""
+    ``log_path``; returns once ``wait_for`` answers 200 (``/livez``: the process is up, ready
+    or not). The port must be free (a server left running would answer instead)."""
     import httpx
 
     with log_path.open("a") as log:
@@ -172,7 +172,7 @@ def start_service(env: dict[str, str], port: int, log_path: Path
             stop_service(proc)
             raise RuntimeError("service not ready: " + log_path.read_text()[-3000:])
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{wait_for}", timeout=2).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             pass

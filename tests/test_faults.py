@@ -1,7 +1,9 @@
 """Faults, on a real service process on loopback: killed with SIGKILL under load (every
-acknowledged assessment has its audit row), and an audit log that cannot be written (disk
-full: 503 with the reason, never an assessment without its row, and back to normal once there
-is room again)."""
+acknowledged assessment has its audit row); an audit log that cannot be written (disk full or
+read-only: 503 with the reason, never an assessment without its row, and back to normal once
+it can be written again); a model that cannot be loaded at start (the MLflow store missing or
+locked, a corrupt artefact: live, not ready with the reason, retried, no crash loop); and the
+per-key rate limit."""
 
 from __future__ import annotations
 
@@ -114,7 +116,8 @@ def test_a_full_disk_refuses_assessments_with_503_until_there_is_room(svc, small
             pass
     r = httpx.post(f"{url}/v1/assess", json=_one("while-full"), headers=headers, timeout=30)
     assert r.status_code == 503
-    assert r.json()["error"] == "audit_unavailable" and "audit log" in r.json()["message"]
+    assert r.json()["error"] == "audit_unavailable" and "audit log" in r.json()["detail"]
+    assert r.headers["content-type"] == "application/problem+json"
     assert r.headers["retry-after"]
     fhir = {"resourceType": "Bundle", "entry": [{"resource": {
         "resourceType": "QuestionnaireResponse", "status": "completed",
@@ -131,3 +134,152 @@ def test_a_full_disk_refuses_assessments_with_503_until_there_is_room(svc, small
     after = _audited(small_disk / "audit.sqlite")
     # the refused requests left no row, not even half of one; the next one has its row
     assert after - before == {pseudonym(SECRET.encode(), "after-full")}
+
+
+# ------------------------------------------------------------------------------------------
+# Start-up without a usable model: live, not ready with the reason, retried, no crash loop
+# ------------------------------------------------------------------------------------------
+def _worker_pids(proc) -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+
+
+def _wait_ready(url: str, seconds: float = 60) -> httpx.Response:
+    deadline = time.monotonic() + seconds
+    while True:
+        r = httpx.get(f"{url}/readyz", timeout=5)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.5)
+
+
+def _not_ready_then_ready(svc, env: dict[str, str], reason: str, repair) -> None:
+    """Start with ``env``: live, /readyz 503 with ``reason``, assessments refused with 503
+    and Retry-After, the same worker still there after several retries; then ``repair()``
+    and it becomes ready by itself and assesses."""
+    stop_service(svc["proc"])
+    env = {**svc["env"], "ONTRACK_LOAD_RETRY_MAX_SECONDS": "2", **env}
+    svc["proc"], url = start_service(env, svc["port"], svc["log"], wait_for="/livez")
+    try:
+        r = httpx.get(f"{url}/readyz", timeout=5)
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["status"] == "not_ready" and body["reason"] == reason, body
+        assert str(svc["root"]) not in r.text  # no paths to whoever can reach the port
+        headers = {"Authorization": f"Bearer {svc['key']}"}
+        r = httpx.post(f"{url}/v1/assess", json=_one("too-early"), headers=headers, timeout=10)
+        assert r.status_code == 503 and r.headers["retry-after"].isdigit()
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["error"] == "not_ready" and r.json()["errors"][0]["rule"] == reason
+        workers = _worker_pids(svc["proc"])
+        first = body["attempts"]
+        time.sleep(6)  # several retries later: the same processes, more attempts
+        assert svc["proc"].poll() is None and _worker_pids(svc["proc"]) == workers
+        assert httpx.get(f"{url}/readyz", timeout=5).json()["attempts"] > first
+        assert httpx.get(f"{url}/livez", timeout=5).status_code == 200
+        repair()
+        assert _wait_ready(url).status_code == 200
+        r = httpx.post(f"{url}/v1/assess", json=_one("once-ready"), headers=headers,
+                       timeout=30)
+        assert r.status_code == 200, r.text
+        assert _worker_pids(svc["proc"]) == workers  # no restart was needed
+    finally:
+        stop_service(svc["proc"])  # each test from here on starts the service it needs
+    assert f"not ready ({reason}" in svc["log"].read_text()
+
+
+def test_a_missing_store_is_reported_and_retried_until_it_appears(svc):
+    later = svc["root"] / "later"
+    later.mkdir(exist_ok=True)
+    store = svc["root"] / "mlflow" / "mlflow.db"
+    _not_ready_then_ready(svc, {"ONTRACK_TRACKING_URI": f"sqlite:///{later / 'mlflow.db'}"},
+                          "store_missing", lambda: shutil.copy(store, later / "mlflow.db"))
+    assert not (svc["root"] / "later" / "mlflow.db-journal").exists()
+
+
+def test_a_locked_store_is_reported_and_retried_until_it_is_free(svc):
+    db = sqlite3.connect(svc["root"] / "mlflow" / "mlflow.db", isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")  # another process holds the store
+    try:
+        _not_ready_then_ready(svc, {}, "store_locked", lambda: db.execute("COMMIT"))
+    finally:
+        db.close()
+
+
+def test_a_corrupt_model_artefact_is_reported_and_retried_until_replaced(svc):
+    [artefact] = (svc["root"] / "mlflow" / "artifacts").rglob("python_model.pkl")
+    good = artefact.read_bytes()
+    artefact.write_bytes(good[: len(good) // 3])  # a truncated copy
+    try:
+        _not_ready_then_ready(svc, {}, "artefact_unreadable",
+                              lambda: artefact.write_bytes(good))
+    finally:
+        artefact.write_bytes(good)
+
+
+# ------------------------------------------------------------------------------------------
+# Rate limit and a read-only audit log
+# ------------------------------------------------------------------------------------------
+def test_a_key_over_its_rate_limit_gets_429_with_retry_after(svc):
+    from serving.auth import KeyStore
+
+    store = KeyStore(svc["root"] / "keys.sqlite")
+    other = store.add("clinic-other", scopes=("benchmark",))
+    mine = store.add("clinic-limited", scopes=("benchmark",))
+    store.close()
+    stop_service(svc["proc"])
+    env = {**svc["env"], "ONTRACK_RATE_LIMIT_PER_MINUTE": "30", "ONTRACK_RATE_LIMIT_BURST": "3"}
+    svc["proc"], url = start_service(env, svc["port"], svc["log"])
+    try:
+        def noop(key: str) -> httpx.Response:
+            return httpx.post(f"{url}/v1/noop", json={}, timeout=10,
+                              headers={"Authorization": f"Bearer {key}"})
+
+        assert [noop(mine).status_code for _ in range(3)] == [200, 200, 200]
+        r = noop(mine)
+        assert r.status_code == 429 and r.headers["content-type"] == "application/problem+json"
+        assert r.json()["error"] == "rate_limited" and r.json()["status"] == 429
+        wait = int(r.headers["retry-after"])
+        assert 1 <= wait <= 2  # 30 a minute: one token every 2 s
+        assert noop(other).status_code == 200  # per key: the other clinic is not held up
+        time.sleep(wait)
+        assert noop(mine).status_code == 200
+    finally:
+        stop_service(svc["proc"])  # each test from here on starts the service it needs
+
+
+def test_a_read_only_audit_log_refuses_with_503_and_never_assesses_unrecorded(svc, small_disk):
+    """A running service cannot have its file system made read-only under it (the kernel
+    refuses while files are open for writing; a full disk is the running case, above): the
+    audit log's volume is read-only when the service starts."""
+    stop_service(svc["proc"])
+    env = {**svc["env"], "ONTRACK_AUDIT_PATH": str(small_disk / "audit.sqlite"),
+           "ONTRACK_LOAD_RETRY_MAX_SECONDS": "2"}
+    svc["proc"], url = start_service(env, svc["port"], svc["log"])
+    headers = {"Authorization": f"Bearer {svc['key']}"}
+
+    def remount(mode: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(small_disk)], check=True)
+
+    try:
+        assert httpx.post(f"{url}/v1/assess", json=_one("before-ro"), headers=headers,
+                          timeout=30).status_code == 200
+        stop_service(svc["proc"])
+        remount("ro")
+        svc["proc"], url = start_service(env, svc["port"], svc["log"], wait_for="/livez")
+        r = httpx.get(f"{url}/readyz", timeout=5)
+        assert r.status_code == 503 and r.json()["reason"] == "audit_unavailable", r.text
+        r = httpx.post(f"{url}/v1/assess", json=_one("while-ro"), headers=headers, timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json()["errors"][0]["rule"] == "audit_unavailable"
+        remount("rw")
+        assert _wait_ready(url).status_code == 200
+        assert httpx.post(f"{url}/v1/assess", json=_one("after-ro"), headers=headers,
+                          timeout=30).status_code == 200
+        audited = _audited(small_disk / "audit.sqlite")
+        assert pseudonym(SECRET.encode(), "while-ro") not in audited
+        assert {pseudonym(SECRET.encode(), c) for c in ("before-ro", "after-ro")} <= audited
+    finally:
+        stop_service(svc["proc"])
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=False)

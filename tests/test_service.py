@@ -417,7 +417,7 @@ def _bad_cases():
 def test_bad_input_names_field_and_rule(client, keys, name, body, status, field, rule):
     r = post(client, body, keys["assess"])
     assert r.status_code == status, r.text
-    detail = r.json()["detail"]
+    detail = r.json()["errors"]
     assert any(d["field"] == field and d["rule"] == rule for d in detail), detail
 
 
@@ -425,13 +425,41 @@ def test_every_violation_is_reported(client, keys):
     body = one()
     body["clients"][0]["sessions"][0]["scores"][0]["instrument"] = "XYZ"
     body["clients"][0]["sessions"][1]["scores"][0]["score"] = 99
-    rules = {d["rule"] for d in post(client, body, keys["assess"]).json()["detail"]}
+    rules = {d["rule"] for d in post(client, body, keys["assess"]).json()["errors"]}
     assert {"instrument_unknown", "score_out_of_range"} <= rules
 
 
 def test_wrong_media_type(client, keys):
     r = post(client, json.dumps(one()).encode(), keys["assess"], content_type="text/csv")
-    assert r.status_code == 415 and r.json()["detail"][0]["field"] == "Content-Type"
+    assert r.status_code == 415 and r.json()["errors"][0]["field"] == "Content-Type"
+
+
+def test_every_refusal_is_problem_details_whose_type_explains_itself(client, keys):
+    from serving.schemas import PROBLEM_TYPES
+
+    bad = one()
+    bad["clients"][0]["sessions"][0]["scores"][0]["score"] = 99
+    answers = [post(client, bad, keys["assess"]),  # 422, a contract rule
+               post(client, b"{", keys["assess"]),  # 400, not JSON
+               post(client, one()),  # 401
+               client.get("/v1/no-such-route"),  # 404 from the information routes
+               client.post("/v1/model"),  # 405
+               client.post("/v1/noop", content=b"[1]", headers={  # 400, not an object
+                   "Authorization": f"Bearer {keys['assess']}",
+                   "Content-Type": "application/json"})]
+    assert [r.status_code for r in answers] == [422, 400, 401, 404, 405, 400]
+    for r in answers:
+        assert r.headers["content-type"] == "application/problem+json", (r.url, r.headers)
+        body = r.json()
+        assert set(body) == {"type", "title", "status", "detail", "error", "errors"}
+        assert body["status"] == r.status_code and body["errors"], body
+        assert all({"field", "rule", "message"} == set(e) for e in body["errors"])
+        kind = client.get(body["type"])  # a relative reference to the type's description
+        assert kind.status_code == 200 and kind.json()["title"] == body["title"]
+        assert kind.json()["title"] == PROBLEM_TYPES[body["error"]][1]
+    assert answers[3].json()["error"] == "not_found"
+    assert "allow" in {k.lower() for k in answers[4].headers}
+    assert client.get("/v1/problems/no-such-type").status_code == 404
 
 
 # ------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_bad_input_over_http(server, body, status, field, rule):
     r = httpx.post(f"{server['url']}/v1/assess", content=body, timeout=60,
                    headers={**_auth(server["key"]), "Content-Type": "application/json"})
     assert r.status_code == status, r.text
-    assert any(d["field"] == field and d["rule"] == rule for d in r.json()["detail"])
+    assert any(d["field"] == field and d["rule"] == rule for d in r.json()["errors"])
 
 
 def test_auth_over_http(server):
@@ -139,12 +139,12 @@ def test_what_fuzzing_found_stays_fixed(server):
     url, key = server["url"], server["key"]
     r = httpx.post(f"{url}/v1/noop", content=b"{}", timeout=30,
                    headers={**_auth(key), "Content-Type": "multipart/form-data"})
-    assert r.status_code == 415 and r.json()["detail"][0]["rule"] == "json_required"
+    assert r.status_code == 415 and r.json()["errors"][0]["rule"] == "json_required"
     r = httpx.post(f"{url}/cds-services/a%0Ab", json={}, timeout=30)
-    assert r.status_code == 404 and r.json()["detail"][0]["rule"] == "unknown_service"
+    assert r.status_code == 404 and r.json()["errors"][0]["rule"] == "unknown_service"
     r = httpx.request("TRACE", f"{url}/cds-services/ontrack-patient-view", timeout=30)
     assert r.status_code == 405 and "POST" in r.headers["allow"]
-    assert r.json()["detail"][0]["rule"] == "method_not_allowed"
+    assert r.json()["errors"][0]["rule"] == "method_not_allowed"
     doc = httpx.get(f"{url}/docs.json", timeout=30).json()
     for path, codes in (("/v1/assess", {"401", "413", "415", "422", "503"}),
                         ("/v1/fhir/assess", {"200", "400", "401", "422", "503"}),
