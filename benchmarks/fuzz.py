@@ -33,7 +33,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_service as bs  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from tests.service_fixtures import service_env  # noqa: E402
+from tests.service_fixtures import (  # noqa: E402
+    free_port,
+    sentinel_hits,
+    service_env,
+    start_service,
+    stop_service,
+)
 from tests.test_fuzz import LEFT_OUT, schemathesis_command  # noqa: E402
 
 
@@ -58,16 +64,54 @@ def main() -> None:
 
     import_to_bentoml(ServingSettings())
     key = KeyStore(tmp / "keys.sqlite").add("fuzz")
-    proc, url = bs.start_server(env)
+    log = tmp / "server.log"
+    proc, url = start_service(env, free_port(), log)
     reports = tmp / "reports"
     try:
         cmd = schemathesis_command(url, key, args.examples, seed, reports)
         cmd[cmd.index("junit")] = "junit,ndjson"
         got = subprocess.run(cmd, capture_output=True, text=True)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_service(proc)
     table(reports, got.returncode)
+    sweep(reports, log, key)
+
+
+#: Request fields that carry a client's identity (what must never reach a log).
+_IDENTIFYING = {"client_id", "patientId"}
+
+
+def _identities(value, out: set[str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k in _IDENTIFYING and isinstance(v, str) and len(v.strip()) >= 6:
+                out.add(v)
+            _identities(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _identities(v, out)
+
+
+def sweep(reports: Path, log: Path, key: str) -> None:
+    """The service log against the key and every client id and patient id (of six or more
+    characters) that schemathesis sent."""
+    import re
+
+    sent: set[str] = set()
+    for line in next(reports.glob("*.ndjson")).open():
+        done = json.loads(line).get("ScenarioFinished")
+        for case in ((done or {}).get("recorder", {}).get("cases") or {}).values():
+            _identities(case.get("value", {}), sent)
+    needles = {"the key": re.escape(key)}
+    hits = sentinel_hits([log], needles)
+    text = log.read_text(errors="replace")
+    hits[f"client and patient ids sent ({len(sent):,})"] = sum(v in text for v in sent)
+    t = Table(title=f"Sentinel sweep of the service log ({log.stat().st_size:,} bytes)")
+    t.add_column("sentinel")
+    t.add_column("hits", justify="right")
+    for name, n in hits.items():
+        t.add_row(name, str(n))
+    bs.console.print(t)
 
 
 def table(reports: Path, returncode: int) -> None:

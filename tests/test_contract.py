@@ -136,3 +136,23 @@ def test_valid_cohort_passes_cli(tmp_path):
         tmp_path / "clients.csv", index=False)
     result = runner.invoke(app, ["validate", str(tmp_path)])
     assert result.exit_code == 0 and "valid" in result.output
+
+
+def test_the_cli_writes_no_client_id_to_its_output_or_logs(tmp_path):
+    """`ontrack -v validate` as a real process (debug logging on): the report names rows and
+    rules, never a client id; the bad score appears only in the report's own sentence about
+    it (shown to the user who owns the file), in no log line."""
+    import subprocess
+    import sys
+
+    ids = ["SENTCLI-7f3a9c01", "SENTCLI-7f3a9c02"]
+    pd.DataFrame({"client_id": [ids[0], ids[0], ids[1]], "session": [1, 2, 1],
+                  "instrument": ["PHQ-9"] * 3, "score": [18, 4242424, 12]}).to_csv(
+        tmp_path / "sessions.csv", index=False)
+    got = subprocess.run([sys.executable, "-m", "training.cli", "-v", "validate",
+                          str(tmp_path / "sessions.csv")], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    out = got.stdout + got.stderr
+    assert got.returncode == 1 and "score_out_of_range" in out
+    assert "SENTCLI" not in out
+    assert out.count("4242424") == out.count("score = 4242424") == 1
