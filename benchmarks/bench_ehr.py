@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -46,7 +45,6 @@ from tests.ehr_fixtures import (  # noqa: E402
     put_resources,
     token,
 )
-from tests.service_fixtures import service_env  # noqa: E402
 
 ISS = "https://ehr.bench"
 
@@ -59,8 +57,6 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="ontrack-bench-ehr-"))
     store, cohort = bs.champion_store(None, None, tmp)
-    uri = f"sqlite:///{(store / 'mlflow.db').resolve()}"
-    bs.console.print(f"bundle: ontrack-not-risk@champion in {store}")
     request = bs.cohort_request(cohort, args.clients)
     clients = request["clients"]
     for c in clients:  # FHIR resources carry dates; give the JSON the same ones
@@ -78,17 +74,9 @@ def main() -> None:
         (tmp / "issuers.json").write_text(json.dumps({"issuers": [
             {"iss": ISS, "clinic": "bench", "jwks": {"keys": [key.public_jwk]},
              "fhir_servers": [fhir]}]}))
-        env = {**os.environ, **service_env(tmp, uri), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(REPO), "ONTRACK_CDS_ISSUERS_PATH": str(tmp / "issuers.json"),
-               "ONTRACK_CDS_REPLAY_PATH": str(tmp / "jti.sqlite")}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        os.environ.update({k: v for k, v in env.items() if k.startswith(("ONTRACK_", "BENTOML"))})
-        from serving.auth import KeyStore
-        from serving.loader import import_to_bentoml
-        from serving.settings import ServingSettings
-
-        import_to_bentoml(ServingSettings())
-        api_key = KeyStore(tmp / "keys.sqlite").add("bench")
+        env, api_key, _, _ = bs.service_setup(tmp, "bench", store, cohort, extra={
+            "ONTRACK_CDS_ISSUERS_PATH": str(tmp / "issuers.json"),
+            "ONTRACK_CDS_REPLAY_PATH": str(tmp / "jti.sqlite")})
         port = bs.free_port()
         env["ONTRACK_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
         bs.free_port = lambda: port  # start_server picks this port

@@ -352,6 +352,27 @@ def champion_store(store: Path | None, cohort: Path | None, tmp: Path) -> tuple[
     return store, cohort
 
 
+def service_setup(tmp: Path, key_name: str, store: Path | None = None,
+                  cohort: Path | None = None, extra: dict | None = None
+                  ) -> tuple[dict, str, Path, Path]:
+    """What every service benchmark needs: the `make run` champion's store (`champion_store`),
+    the service's environment (also set in this process, for the in-process parts), the
+    BentoML import `ontrack serve` does, and a key. Returns (env, key, store, cohort)."""
+    store, cohort = champion_store(store, cohort, tmp)
+    uri = f"sqlite:///{(store / 'mlflow.db').resolve()}"
+    console.print(f"bundle: ontrack-not-risk@champion in {store}")
+    env = {**os.environ, **service_env(tmp, uri), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO), **(extra or {})}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("ONTRACK_", "BENTOML"))})
+    from serving.auth import KeyStore
+    from serving.loader import import_to_bentoml
+    from serving.settings import ServingSettings
+
+    import_to_bentoml(ServingSettings())
+    return env, KeyStore(tmp / "keys.sqlite").add(key_name), store, cohort
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=400)
@@ -370,19 +391,7 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ontrack-bench-"))
-    store, cohort = champion_store(args.store, args.cohort, tmp)
-    uri = f"sqlite:///{(store / 'mlflow.db').resolve()}"
-    console.print(f"bundle: ontrack-not-risk@champion in {store}")
-    env = {**os.environ, **service_env(tmp, uri), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.update({k: v for k, v in env.items() if k.startswith(("ONTRACK_", "BENTOML"))})
-    from serving.auth import KeyStore
-    from serving.loader import import_to_bentoml
-    from serving.settings import ServingSettings
-
-    import_to_bentoml(ServingSettings())
-    key = KeyStore(tmp / "keys.sqlite").add("bench")
+    env, key, store, cohort = service_setup(tmp, "bench", args.store, args.cohort)
     big = cohort_request(cohort, args.clients)
 
     if args.inprocess_only:

@@ -1,6 +1,6 @@
 """Property-based fuzzing of the service on the bundle `make run` trains: printed table.
 
-    .venv/bin/python benchmarks/fuzz.py                    # ~6 minutes, >= 10,000 requests
+    .venv/bin/python benchmarks/fuzz.py                    # ~11 minutes, >= 10,000 requests
     .venv/bin/python benchmarks/fuzz.py --examples 100     # a shorter run
 
 schemathesis generates requests from the service's own OpenAPI document (`/docs.json`, as
@@ -9,8 +9,9 @@ methods, in all its phases (examples, coverage, fuzzing, stateful), and runs eve
 ``positive_data_acceptance`` (why: tests/test_fuzz.py) on each answer: no server error,
 status code and content type documented, response body as documented, and the rest. The
 service runs with `bentoml serve` on a free loopback port with a valid key (tables: requests
-and answers by operation, answers by status, failures by check). A random seed each run,
-printed, so a run can be repeated with ``--seed``.
+and answers by operation, answers by status, failures by check), then a sentinel sweep of the
+service's log: the key, and every client id and patient id schemathesis sent. A random seed
+each run, printed, so a run can be repeated with ``--seed``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import random
 import subprocess
 import sys
@@ -36,7 +36,6 @@ from rich.table import Table  # noqa: E402
 from tests.service_fixtures import (  # noqa: E402
     free_port,
     sentinel_hits,
-    service_env,
     start_service,
     stop_service,
 )
@@ -52,18 +51,7 @@ def main() -> None:
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     bs.console.print(f"seed {seed}")
     tmp = Path(tempfile.mkdtemp(prefix="ontrack-fuzz-"))
-    store, _ = bs.champion_store(None, None, tmp)
-    uri = f"sqlite:///{(store / 'mlflow.db').resolve()}"
-    env = {**os.environ, **service_env(tmp, uri), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.update({k: v for k, v in env.items() if k.startswith(("ONTRACK_", "BENTOML"))})
-    from serving.auth import KeyStore
-    from serving.loader import import_to_bentoml
-    from serving.settings import ServingSettings
-
-    import_to_bentoml(ServingSettings())
-    key = KeyStore(tmp / "keys.sqlite").add("fuzz")
+    env, key, _, _ = bs.service_setup(tmp, "fuzz")
     log = tmp / "server.log"
     proc, url = start_service(env, free_port(), log)
     reports = tmp / "reports"

@@ -54,7 +54,6 @@ from rich.table import Table  # noqa: E402
 from tests.service_fixtures import (  # noqa: E402
     free_port,
     sentinel_hits,
-    service_env,
     start_service,
     stop_service,
 )
@@ -202,19 +201,7 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ontrack-soak-"))
-    store, cohort = bs.champion_store(None, None, tmp)
-    uri = f"sqlite:///{(store / 'mlflow.db').resolve()}"
-    bs.console.print(f"bundle: ontrack-not-risk@champion in {store}")
-    env = {**os.environ, **service_env(tmp, uri), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.update({k: v for k, v in env.items() if k.startswith(("ONTRACK_", "BENTOML"))})
-    from serving.auth import KeyStore
-    from serving.loader import import_to_bentoml
-    from serving.settings import ServingSettings
-
-    import_to_bentoml(ServingSettings())
-    key = KeyStore(tmp / "keys.sqlite").add("soak")
+    env, key, _, cohort = bs.service_setup(tmp, "soak")
     histories = bs.cohort_request(cohort, 500)["clients"]
     mix = Mix(key, histories)
     log = tmp / "server.log"
