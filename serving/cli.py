@@ -85,19 +85,28 @@ def example_call(url: str, key: str, example_path: Path) -> str:
             f"-H 'Content-Type: application/json' --data @{example_path}")
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> bool:
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0
+                ) -> tuple[bool, str]:
+    """(True, "") once /readyz answers 200; else (False, the last reason it gave)."""
     deadline = time.monotonic() + timeout
+    reason = "it did not answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            return False
+            return False, "it exited"
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
                 if r.status == 200:
-                    return True
+                    return True, ""
+        except urllib.error.HTTPError as err:  # 503 with the reason (serving.readiness)
+            try:
+                body = json.loads(err.read())
+                reason = f"{body['reason']}: {body['message']}"
+            except (ValueError, KeyError, TypeError):
+                reason = f"/readyz answered {err.code}"
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)
-    return False
+    return False, reason
 
 
 def serve_command(host: str | None = None, port: int | None = None,
@@ -132,9 +141,10 @@ def serve_command(host: str | None = None, port: int | None = None,
     shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
     url = f"http://{shown}:{port}"
     try:
-        if not _wait_ready(url, proc):
-            typer.echo("error: the service did not become ready (see the log above)",
-                       err=True)
+        ready, reason = _wait_ready(url, proc)
+        if not ready:
+            typer.echo(f"error: the service did not become ready ({reason}; see the log "
+                       "above)", err=True)
             proc.terminate()
             raise typer.Exit(1)
         typer.echo(f"\nOnTrack is running at {url}  (API docs: {url}/ , model card: "

@@ -90,3 +90,37 @@ def test_the_token_bucket_allows_the_burst_then_the_rate():
     assert slow.take("a") == 0 and slow.take("a") == 10  # one every 10 s
     off = RateLimiter(per_minute=0, burst=1)
     assert not off.enabled and all(off.take("a") == 0 for _ in range(1000))
+
+
+def test_ontrack_serve_says_why_the_service_is_not_ready():
+    import http.server
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    from serving.cli import _wait_ready
+
+    class NotReadyYet(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"status": "not_ready", "reason": "store_locked",
+                               "message": "the MLflow tracking store is locked"}).encode()
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotReadyYet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        ready, reason = _wait_ready(f"http://127.0.0.1:{server.server_port}", alive,
+                                    timeout=1.5)
+    finally:
+        alive.kill()
+        server.shutdown()
+    assert not ready and reason == "store_locked: the MLflow tracking store is locked"
