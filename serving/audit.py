@@ -71,6 +71,11 @@ _SCHEMA += "".join(
     for table in ("assessments", "cds_cards", "cds_feedback") for op in ("UPDATE", "DELETE"))
 
 
+#: OnTrack heuristic: seconds a caller is asked to wait (``Retry-After``) when the audit log
+#: cannot be written.
+RETRY_AFTER = "30"
+
+
 class AuditUnavailable(Exception):
     """The audit log cannot be written (disk full, read-only, locked, gone). No assessment is
     given without its audit row: the service answers 503 with this reason."""

@@ -30,12 +30,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from features.instruments import CODE_SYSTEM
-from serving.audit import AuditUnavailable
+from serving.audit import RETRY_AFTER, AuditUnavailable
 from serving.ehrauth import Caller, Refused
 from serving.fhir.client import FetchError, search
 from serving.fhir.inbound import reference
 from serving.fhir.outbound import ASSESSMENT_SYSTEM
-from serving.schemas import PROBLEM_MEDIA, Problem, problem, pydantic_problems
+from serving.schemas import FRAMEWORK_ERRORS, PROBLEM_MEDIA, Problem, problem, pydantic_problems
 
 log = logging.getLogger("serving.cdshooks")
 
@@ -253,9 +253,8 @@ cds.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "P
 @cds.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Starlette's own refusals (no such route, method not allowed) in the same JSON shape."""
-    words = {404: ("unknown_service", "no such CDS Hooks route; see the discovery document "
-                   "at /cds-services"), 405: ("method_not_allowed", "this route does not take "
-                                              "that method")}
+    words = {**FRAMEWORK_ERRORS, 404: ("unknown_service", "no such CDS Hooks route; see the "
+                                       "discovery document at /cds-services")}
     rule, message = words.get(exc.status_code, ("invalid_request", "the request was refused"))
     resp = _bad(exc.status_code, rule, message, "path")
     resp.headers.update(exc.headers or {})  # e.g. Allow on a 405 (RFC 9110)
@@ -270,7 +269,6 @@ def _service() -> Any:
 
 _ERRORS = {404: "not_found", 405: "method_not_allowed", 412: "prefetch_missing",
            503: "audit_unavailable"}
-RETRY_AFTER = "30"  # OnTrack heuristic: seconds an EHR waits when the audit log is down
 
 
 def _problem(status: int, message: str, problems: list[Problem]) -> JSONResponse:

@@ -23,7 +23,7 @@ from typing import Any
 from serving import readiness
 from serving.auth import KeyStore, www_authenticate
 from serving.ratelimit import RateLimiter
-from serving.schemas import PROBLEM_MEDIA, Problem, parse_request, problem
+from serving.schemas import FRAMEWORK_ERRORS, PROBLEM_MEDIA, Problem, parse_request, problem
 from serving.settings import ServingSettings
 
 Scope = MutableMapping[str, Any]
@@ -298,9 +298,6 @@ class FrameworkErrors:
     """The server's own plain-text refusals (no such route, method not allowed, outside any
     route's own handler) rewritten as problem details, so every 4xx has the one shape."""
 
-    _CODES = {404: ("not_found", "no such route; see /docs.json"),
-              405: ("method_not_allowed", "this route does not take that method")}
-
     def __init__(self, app) -> None:
         self.app = app
 
@@ -314,14 +311,14 @@ class FrameworkErrors:
             if message["type"] == "http.response.start":
                 media = next((v for k, v in message.get("headers", [])
                               if k.lower() == b"content-type"), b"")
-                if message["status"] in self._CODES and media.startswith(b"text/plain"):
+                if message["status"] in FRAMEWORK_ERRORS and media.startswith(b"text/plain"):
                     held["start"] = message
                     return
             elif "start" in held:
                 if message.get("more_body", False):
                     return
                 status = held["start"]["status"]
-                error, text = self._CODES[status]
+                error, text = FRAMEWORK_ERRORS[status]
                 body = error_body(status, error, text, [Problem(field="path", rule=error,
                                                                 message=text)])
                 keep = [(k, v) for k, v in held["start"].get("headers", [])

@@ -182,6 +182,11 @@ PROBLEM_TYPES: dict[str, tuple[int, str, str]] = {
                   "seconds."),
 }
 PROBLEM_MEDIA = "application/problem+json"
+#: The web framework's own refusals (no route matched, a method a route does not take): the
+#: problem type and the sentence.
+FRAMEWORK_ERRORS: dict[int, tuple[str, str]] = {
+    404: ("not_found", "no such route; see /docs.json"),
+    405: ("method_not_allowed", "this route does not take that method")}
 
 
 class ErrorResponse(BaseModel):

@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from serving.audit import AuditUnavailable
+from serving.audit import RETRY_AFTER, AuditUnavailable
 from serving.batching import Batcher
 from serving.cdshooks import cds
 from serving.fhir.inbound import read_bundle
@@ -47,6 +47,7 @@ from serving.openapi import OpenAPIDocument
 from serving.readiness import STATUS, NotReady, check_store, load_until_ready
 from serving.schemas import (
     EXAMPLE_INPUT,
+    FRAMEWORK_ERRORS,
     PROBLEM_MEDIA,
     PROBLEM_TYPES,
     AssessRequest,
@@ -63,7 +64,6 @@ from serving.settings import BENTO_MODEL_TAG, ServingSettings
 from serving.ui import webapp
 
 log = logging.getLogger("serving.service")
-RETRY_AFTER = "30"  # OnTrack heuristic: seconds a caller waits when the audit log is down
 
 
 # ------------------------------------------------------------------------------------------
@@ -243,11 +243,8 @@ api = FastAPI(title="OnTrack information routes", docs_url=None, redoc_url=None,
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Starlette's own refusals (no such route, method not allowed) as problem details."""
-    error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code,
-                                                             "invalid_request")
-    words = {"not_found": "no such route; see /docs.json",
-             "method_not_allowed": "this route does not take that method"}
-    message = words.get(error, "the request was refused")
+    error, message = FRAMEWORK_ERRORS.get(exc.status_code,
+                                          ("invalid_request", "the request was refused"))
     return problem_response(problem(error, message, [Problem(
         field="path", rule=error, message=message)], exc.status_code), exc.headers)
 
