@@ -218,6 +218,10 @@ def main() -> None:
         results, samples = soak(url, proc, mix, target, args.minutes)
     finally:
         stop_service(proc)
+    with (tmp / "samples.csv").open("w") as f:  # for a closer look at memory and descriptors
+        f.write("seconds,rss_mb,open_fds\n")
+        f.writelines(f"{at:.1f},{rss:.2f},{fds}\n" for at, rss, fds in samples)
+    bs.console.print(f"samples every 10 s: {tmp / 'samples.csv'}")
     ok = report(results, samples, target)
     needles = {"client id": r"SENT[0-9a-f]{12}", "score": rf"(?<![0-9a-f]){SCORE}(?![0-9a-f])",
                "item answer": rf"(?<![0-9a-f]){ITEM}(?![0-9a-f])", "valid key": key,
