@@ -556,6 +556,35 @@ def test_key_store_keeps_hashes_only(tmp_path):
     assert key.split("_", 2)[2].encode() not in raw
 
 
+def test_every_key_check_makes_one_constant_time_comparison(tmp_path, monkeypatch):
+    """A right key, a wrong secret, an unknown key id and a malformed key each cost one
+    hmac.compare_digest of two SHA-256 digests (no early exit that times could reveal)."""
+    import hmac
+
+    from serving import auth
+
+    store = auth.KeyStore(tmp_path / "k.sqlite")
+    key = store.add("clinic-t")
+    calls = []
+    real = hmac.compare_digest
+
+    def counted(a, b):
+        calls.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", counted)
+    prefix, key_id, secret = key.split("_", 2)
+    tries = [key, f"{prefix}_{key_id}_{secret[::-1]}", f"{prefix}_{'0' * 12}_{secret}",
+             "not-a-key"]
+    results = []
+    for token in tries:
+        calls.clear()
+        results.append(store.verify(token) is not None)
+        assert calls == [(32, 32)], token
+    assert results == [True, False, False, False]
+    store.close()
+
+
 def test_keys_cli_prints_key_last(tmp_path, monkeypatch):
     import typer
     from typer.testing import CliRunner
