@@ -75,10 +75,12 @@ class ServingSettings(BaseSettings):
         "routes, per worker process (0: no limit). OnTrack heuristic: 20 a second is far "
         "above an EHR's steady use and stops one caller from starving the others.")
     rate_limit_burst: int = Field(100, ge=1, description="Requests a key may make at once "
-                                  "before the per-minute rate applies (token bucket size).")
+                                  "before the per-minute rate applies (token bucket size; "
+                                  "OnTrack heuristic).")
     load_retry_max_seconds: float = Field(
         30.0, gt=0, le=600, description="Longest pause between attempts to load the model "
-        "when it cannot be loaded at start (the pauses grow 1, 2, 4, ... seconds up to this).")
+        "when it cannot be loaded at start (the pauses grow 1, 2, 4, ... seconds up to this; "
+        "OnTrack heuristic).")
     # ---- the flag
     flag_budgets: dict[str, float] = Field(
         default_factory=dict, description="Per clinic (key name), its own flag budget: the "
