@@ -11,7 +11,7 @@ UV := python3 -m uv
 
 setup:
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv>=0.9"
-	@$(UV) sync --frozen --all-extras --quiet
+	@$(UV) sync --frozen --all-extras --compile-bytecode --quiet
 
 run: setup
 	$(UV) run --frozen ontrack demo
