@@ -31,6 +31,38 @@ def tracking_uri(explicit: str | None = None) -> str:
     return f"sqlite:///{store_dir() / 'mlflow.db'}"
 
 
+#: The experiments: training runs, and batch scoring jobs (`ontrack score`).
+TRAINING_EXPERIMENT = "ontrack-not-on-track"
+SCORING_EXPERIMENT = "ontrack-scoring"
+
+
+def artifact_root(store: Path | None = None) -> str:
+    return ((store or store_dir()).resolve() / "artifacts").as_uri()
+
+
+def configure(experiment: str = TRAINING_EXPERIMENT) -> str:
+    """Point MLflow at the store and make sure the experiment exists with an absolute artifact
+    root. Returns the experiment id."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        kwargs = {} if not uri.startswith("sqlite") else {"artifact_location": artifact_root()}
+        experiment_id = client.create_experiment(experiment, **kwargs)
+    else:
+        experiment_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
 #: What the logged model needs to load and assess (features/ and models/ ship as its code).
 MODEL_PACKAGES = ("numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "lightgbm", "mlflow",
                   "pydantic", "pandera", "structlog")

@@ -11,40 +11,19 @@ Nothing here runs at import time: entry points call `configure()`.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from pathlib import Path
 
-import mlflow
-from mlflow.tracking import MlflowClient
-
-from models.registry import MODEL_NAME, REPO_ROOT, store_dir, tracking_uri  # noqa: F401
-
-EXPERIMENT = "ontrack-not-on-track"
-
-
-def artifact_root(store: Path | None = None) -> str:
-    return ((store or store_dir()).resolve() / "artifacts").as_uri()
-
-
-def configure(experiment: str = EXPERIMENT) -> str:
-    """Point MLflow at the store and make sure the experiment exists with an absolute artifact
-    root. Returns the experiment id."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        kwargs = {} if not uri.startswith("sqlite") else {"artifact_location": artifact_root()}
-        experiment_id = client.create_experiment(experiment, **kwargs)
-    else:
-        experiment_id = exp.experiment_id
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
+# the store's set-up lives with the one loader (serving's batch scoring uses it too)
+from models.registry import (  # noqa: F401
+    MODEL_NAME,
+    REPO_ROOT,
+    artifact_root,
+    configure,
+    store_dir,
+    tracking_uri,
+)
+from models.registry import TRAINING_EXPERIMENT as EXPERIMENT  # noqa: F401
 
 
 def file_sha256(paths: list[Path]) -> str:
