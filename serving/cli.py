@@ -238,6 +238,54 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from None
 
     @app.command()
+    def score(
+        data: Annotated[Path, typer.Option(help="A cohort: a folder in the client-partition "
+                                           "layout (ontrack simulate --partitions), a folder "
+                                           "with sessions/clients CSV or Parquet, or one "
+                                           "sessions file.")],
+        out: Annotated[Path, typer.Option(help="Output folder (new or empty; or the folder "
+                                          "of the run named by --run-id).")],
+        model: Annotated[str, typer.Option(help="Model URI (an alias is pinned to its "
+                                           "version when the job starts).")]
+        = "models:/ontrack-not-risk@champion",
+        scheduler: Annotated[str, typer.Option(help="'local' (a Dask LocalCluster on this "
+                                               "machine) or a Dask scheduler address, "
+                                               "e.g. tcp://10.0.0.5:8786.")] = "local",
+        partitions: Annotated[int, typer.Option(help="Client partitions when the input is "
+                                                "split here (0: about 10,000 clients "
+                                                "each).", min=0)] = 0,
+        workers: Annotated[int, typer.Option(help="Worker processes of the local cluster.",
+                                             min=1)] = max(1, os.cpu_count() or 1),
+        run_id: Annotated[str | None, typer.Option(help="Finish this earlier run (its "
+                                                   "finished partitions are kept).")] = None,
+        skip_invalid: Annotated[bool, typer.Option(help="Skip clients with invalid rows "
+                                                   "(reported) instead of refusing the "
+                                                   "run.")] = False,
+    ) -> None:
+        """Assess a whole cohort on Dask: Parquet scores per client partition, a report of
+        invalid rows, and an MLflow run with the flag rate by clinic (docs/scale.md)."""
+        from rich.console import Console
+
+        from serving.score import ScoreError, ScoreJob, run, summary_table
+
+        console = Console(stderr=False)
+        job = ScoreJob(data=data, out=out, model_uri=model, scheduler=scheduler,
+                       partitions=partitions, run_id=run_id, skip_invalid=skip_invalid,
+                       workers=workers)
+        try:
+            result = run(job, console)
+        except ScoreError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+        console.print(summary_table(result))
+        if result.status == "refused":
+            typer.echo("error: the cohort has invalid rows (listed above); no scores were "
+                       "written. Correct them, or pass --skip-invalid to score the other "
+                       "clients.", err=True)
+            raise typer.Exit(1)
+        console.print(f"scores: {out / 'scores'}; run id {result.run_id}")
+
+    @app.command()
     def serve(
         host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
         port: Annotated[int | None, typer.Option(help="Port.")] = None,
