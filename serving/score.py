@@ -455,6 +455,11 @@ def _record(job: ScoreJob, manifest: dict, result: ScoreResult) -> None:
     import mlflow
 
     manifest["status"] = result.status
+    manifest["summary"] = {"clients": result.clients, "flagged": result.flagged,
+                           "safety_flags": result.safety_flags, "rows": result.rows,
+                           "rows_refused": result.rows_refused,
+                           "clients_skipped": result.clients_skipped,
+                           "seconds": result.seconds}
     if job.out.exists():
         _write_json(job.out / MANIFEST, manifest)
     mlflow.set_tags({"ontrack.model_version": result.model_version,

@@ -243,3 +243,46 @@ def test_a_second_job_cannot_overwrite_a_run(store, tmp_path):
     again = run(ScoreJob(data=data, out=tmp_path / "out", run_id=first.run_id, workers=1))
     assert again.status == "complete" and again.partitions_reused == 2
     assert again.clients == first.clients == 300
+
+
+def test_the_same_command_runs_on_a_separate_dask_cluster(store, tmp_path):
+    """A scheduler and two workers started on their own (as on other machines), on loopback;
+    `--scheduler ADDRESS` instead of the local cluster, nothing else changed."""
+    from tests.service_fixtures import free_port
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = (tmp_path / "cluster.log").open("w")
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], stdout=logs, stderr=subprocess.STDOUT,
+                              start_new_session=True)]
+    try:
+        time.sleep(2.0)
+        procs.append(subprocess.Popen([dask, "worker", address, "--nworkers", "2",
+                                       "--nthreads", "1", "--no-dashboard", "--host",
+                                       "127.0.0.1"], cwd=REPO, stdout=logs,
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+        data = _cohort(tmp_path / "cohort", 1500, seed=12)
+        out = tmp_path / "out"
+        done = subprocess.run([str(Path(sys.executable).with_name("ontrack")), "score",
+                               "--data", str(data), "--out", str(out), "--partitions", "3",
+                               "--scheduler", address], cwd=REPO, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        got = _scores(out)
+        assert len(got) == got["client_id"].nunique() == 1500
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "complete" and manifest["summary"]["clients"] == 1500
+    finally:
+        for p in reversed(procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        logs.close()
