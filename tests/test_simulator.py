@@ -438,3 +438,143 @@ def test_confounded_therapists_choose_by_domains_they_did_not_record():
         return float(((c.domains[ok] >> (o[ok] - 1)) & 1).mean())
 
     assert matched_share("confounded") > matched_share("default") + 0.05
+
+
+# ------------------------------------------------------------------------------------------
+# Streaming writer: client-hash partitions
+# ------------------------------------------------------------------------------------------
+STREAM_N, STREAM_SEED, STREAM_PARTS = 3000, 9, 7
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory):
+    from training.simulate.stream import stream_cohort
+
+    out = tmp_path_factory.mktemp("streamed") / "cohort"
+    figures = stream_cohort(STREAM_N, STREAM_SEED, out, partitions=STREAM_PARTS, chunk=1000)
+    return out, figures
+
+
+def _parts(out, name: str, partitions: int) -> list[pd.DataFrame]:
+    from features.partitions import part_name
+
+    return [pd.read_parquet(out / name / part_name(k)) for k in range(partitions)]
+
+
+def _calendar(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    out = frame.reset_index(drop=True).copy()
+    out[column] = pd.to_datetime(out[column]).astype("datetime64[s]")
+    return out
+
+
+def test_streamed_clients_are_each_in_the_one_bucket_their_id_hashes_to(streamed):
+    from features.partitions import client_bucket, part_name
+
+    out, figures = streamed
+    for name in ("sessions", "clients", "adaptations"):
+        assert sorted(p.name for p in (out / name).iterdir()) == [
+            part_name(k) for k in range(STREAM_PARTS)]  # every bucket, no temporary file
+        owner: dict[str, int] = {}
+        for k, part in enumerate(_parts(out, name, STREAM_PARTS)):
+            assert (client_bucket(part["client_id"], STREAM_PARTS) == k).all(), (name, k)
+            for c in part["client_id"].unique():
+                assert owner.setdefault(c, k) == k  # never in two files
+        if name != "adaptations":
+            assert len(owner) == STREAM_N
+    assert figures["clients"] == STREAM_N and figures["partitions"] == STREAM_PARTS
+
+
+def test_streamed_cohort_has_simulate_cohorts_rows_and_scores(streamed):
+    """The courses come from per-client keys: the streamed cohort (chunks of 1,000) has the
+    same clients, adaptations, session rows, dates and PHQ-9 / GAD-7 / SRS scores as
+    `simulate_cohort`; only the item answers and the checklist come from other draws."""
+    out, figures = streamed
+    ref = simulate_cohort(STREAM_N, seed=STREAM_SEED, oracle_clients=0)
+    key = ["client_id", "session", "instrument"]
+    got = pd.concat(_parts(out, "sessions", STREAM_PARTS)).sort_values(key)
+    want = ref.sessions.sort_values(key)
+    assert len(got) == len(want) == figures["rows"]
+    got, want = _calendar(got, "date"), _calendar(want, "date")
+    same = key + ["date", "clinic_id", "therapist_id"]
+    pd.testing.assert_frame_equal(got[same], want[same], check_dtype=False)
+    course = (want["instrument"] != "CSC").to_numpy()
+    np.testing.assert_array_equal(got["score"].to_numpy()[course],
+                                  want["score"].to_numpy()[course])
+    srs = (want["instrument"] == "SRS").to_numpy()
+    cols = [f"item_{j}" for j in range(1, 10)]
+    np.testing.assert_array_equal(got[cols].to_numpy()[srs], want[cols].to_numpy()[srs])
+    answers = got[cols].fillna(0).sum(axis=1).to_numpy()  # the items add up to the score
+    np.testing.assert_allclose(answers[~srs], got["score"].to_numpy()[~srs])
+    clients = pd.concat(_parts(out, "clients", STREAM_PARTS)).sort_values("client_id")
+    pd.testing.assert_frame_equal(_calendar(clients, "intake_date"),
+                                  _calendar(ref.clients, "intake_date"), check_dtype=False)
+    adapt = pd.concat(_parts(out, "adaptations", STREAM_PARTS)).sort_values("client_id")
+    pd.testing.assert_frame_equal(adapt.reset_index(drop=True),
+                                  ref.adaptations.reset_index(drop=True), check_dtype=False)
+
+
+def test_streamed_files_have_write_cohorts_parquet_types_and_a_marker(streamed, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from features.partitions import part_name, read_layout
+
+    out, _ = streamed
+    simulate_cohort(50, seed=1, oracle_clients=0).write(tmp_path, "parquet")
+    for name in ("sessions", "clients", "adaptations"):
+        assert pq.read_schema(out / name / part_name(0)) == pq.read_schema(
+            tmp_path / f"{name}.parquet"), name
+    assert read_layout(out).partitions == STREAM_PARTS
+    meta = json.loads((out / "partitions.json").read_text())
+    assert (meta["seed"], meta["clients"], meta["chunk"], meta["scenario"]) == (
+        STREAM_SEED, STREAM_N, 1000, "default")
+    assert meta["simulator_version"]
+
+
+def test_streaming_is_deterministic_writes_empty_buckets_and_refuses_a_used_folder(tmp_path):
+    from features.partitions import part_name
+    from training.simulate.stream import stream_cohort
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    b.mkdir()  # an empty folder is fine
+    for out in (a, b):
+        stream_cohort(5, seed=3, out=out, partitions=16, chunk=2)
+    for name in ("sessions", "clients", "adaptations"):
+        assert _digest(a / name) == _digest(b / name)
+    sizes = [len(p) for p in _parts(a, "clients", 16)]
+    assert sum(sizes) == 5 and sizes.count(0) >= 11  # empty buckets are files too
+    assert list(pd.read_parquet(a / "sessions" / part_name(sizes.index(0))).columns)[:3] == [
+        "client_id", "session", "instrument"]
+    with pytest.raises(ValueError, match="not an empty folder"):
+        stream_cohort(5, seed=3, out=a, partitions=16)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="not an empty folder"):
+        stream_cohort(5, seed=3, out=tmp_path / "c", partitions=16)
+
+    def stop(_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # stopped half-way: nothing is left behind
+        stream_cohort(5, seed=3, out=tmp_path / "d", partitions=16, chunk=2, progress=stop)
+    assert not (tmp_path / "d").exists()
+
+
+def test_simulate_command_streams_with_partitions(tmp_path):
+    from typer.testing import CliRunner
+
+    from features.partitions import read_layout
+    from training.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "national"
+    args = ["simulate", "--clients", "400", "--seed", "2", "--out", str(out), "--partitions", "3"]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "400 clients" in result.output and "3 partitions" in result.output
+    assert read_layout(out).partitions == 3 and not (out / "truth.csv").exists()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "not an empty folder" in again.output
+    csv = runner.invoke(app, [*args[:-2], "--partitions", "3", "--format", "csv"])
+    assert csv.exit_code == 2

@@ -96,16 +96,28 @@ def simulate(
     clients: Annotated[int, typer.Option(help="Number of clients.", min=1)] = 5000,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 7,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("data/demo"),
-    format: Annotated[str, typer.Option(help="csv or parquet.")] = "csv",
+    format: Annotated[str | None, typer.Option(
+        help="csv or parquet (default csv; with --partitions parquet, the only format "
+             "there).")] = None,
     oracle_clients: Annotated[int, typer.Option(help="Clients with oracle probabilities.",
                                                 min=0)] = 5000,
     scenario: Annotated[str, typer.Option(
         help="Simulated world: default, null-effects, confounded, weak-signal or shifted "
              "(docs/simulator.md).")] = "default",
+    partitions: Annotated[int, typer.Option(
+        help="Stream the cohort in chunks to this many client-hash Parquet partitions "
+             "(national scale: no oracle, no truth.csv, no self-check table; OUT must be new "
+             "or empty). 0 = one file per table.", min=0)] = 0,
 ) -> None:
-    """Simulate a cohort in the contract's format, plus truth.csv and a self-check summary."""
+    """Simulate a cohort in the contract's format, plus truth.csv and a self-check summary;
+    with --partitions, stream a national-scale cohort to client-hash Parquet partitions."""
+    if format is None:
+        format = "parquet" if partitions else "csv"
     if format not in {"csv", "parquet"}:
         err.print(f"[red]error[/red]: --format must be csv or parquet, not {format!r}")
+        raise typer.Exit(2)
+    if partitions and format != "parquet":
+        err.print("[red]error[/red]: --partitions writes Parquet only; drop --format csv")
         raise typer.Exit(2)
     from training.simulate.scenarios import SCENARIOS
 
@@ -113,6 +125,18 @@ def simulate(
         err.print(f"[red]error[/red]: --scenario must be one of {', '.join(SCENARIOS)}, "
                   f"not {scenario!r}")
         raise typer.Exit(2)
+    if partitions:
+        from training.simulate.cli import stream_command
+        from training.simulate.stream import refuse_non_empty
+
+        try:
+            refuse_non_empty(out)
+        except ValueError as e:
+            err.print(f"[red]error[/red]: {e}")
+            raise typer.Exit(2) from None
+        stream_command(clients=clients, seed=seed, out=out, partitions=partitions,
+                       scenario=scenario)
+        return
     from training.simulate.cli import simulate_command
 
     simulate_command(clients=clients, seed=seed, out=out, format=format,

@@ -14,6 +14,26 @@ from training.simulate.params import SIMULATOR_VERSION
 from training.simulate.summary import summary
 
 
+def stream_command(clients: int, seed: int, out: Path, partitions: int,
+                   scenario: str = "default", console: Console | None = None) -> dict:
+    """Stream the cohort to `partitions` client-hash Parquet partitions in `out`
+    (`training.simulate.stream`; no oracle, no truth.csv, no self-check table) and print a
+    one-line summary. Returns `stream_cohort`'s figures."""
+    from training.simulate.stream import stream_cohort
+
+    console = console or Console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        done = bar.add_task("clients simulated and written", total=clients)
+        figures = stream_cohort(clients, seed, out, partitions=partitions, scenario=scenario,
+                                progress=lambda k: bar.advance(done, k))
+    console.print(f"wrote {figures['clients']:,} clients, {figures['rows']:,} session rows in "
+                  f"{partitions} partitions to {out} in {figures['seconds']:.1f} s "
+                  f"(simulator {SIMULATOR_VERSION}, scenario {scenario}, seed {seed}; no oracle "
+                  "and no truth.csv)")
+    return figures
+
+
 def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.3f}" if abs(v) < 10 else f"{v:,.1f}"

@@ -171,21 +171,30 @@ def _suffix_polys(delta: np.ndarray) -> list[np.ndarray]:
 
 def items_given_totals(totals: np.ndarray, delta: np.ndarray, rng: np.random.Generator
                        ) -> np.ndarray:
-    """Item answers (0..3) whose sum is `totals`, drawn from P(items | total) of the model."""
+    """Item answers (0..3) whose sum is `totals`, drawn from P(items | total) of the model.
+
+    Item by item, the answer is the first of 0..3 whose cumulative weight reaches ``u`` times
+    the total weight, the weights depending only on the total still to place: they are
+    tabulated once per item for every possible remainder and looked up per row."""
     n_items = len(delta)
     G = _suffix_polys(np.asarray(delta, float))
     rem = totals.astype(np.int64).copy()
     out = np.zeros((len(totals), n_items), dtype=np.int64)
     u = rng.random((len(totals), n_items))
+    top = 3 * n_items
+    r_all = np.arange(top + 1)
     for j in range(n_items):
         nxt = np.concatenate([G[j + 1], np.zeros(4)])
-        w = np.zeros((len(totals), 4))
+        w = np.zeros((top + 1, 4))  # one row per remainder 0..top
         for k in range(4):
-            r = rem - k
+            r = r_all - k
             ok = (r >= 0) & (r < len(G[j + 1]))
-            w[:, k] = np.where(ok, math.comb(3, k) * math.exp(k * delta[j]) * nxt[np.clip(r, 0, None)], 0.0)
-        cdf = np.cumsum(w, axis=1)
-        pick = (u[:, j:j + 1] * cdf[:, -1:] >= cdf).sum(axis=1)
+            w[:, k] = np.where(ok, math.comb(3, k) * math.exp(k * delta[j])
+                               * nxt[np.clip(r, 0, len(nxt) - 1)], 0.0)
+        cdf = np.cumsum(w, axis=1).T.copy()  # (4, remainders)
+        c = [cdf[k].take(rem) for k in range(4)]  # totals are 0..top
+        x = u[:, j] * c[3]
+        pick = (x >= c[0]).astype(np.int64) + (x >= c[1]) + (x >= c[2]) + (x >= c[3])
         pick = np.minimum(pick, 3)
         out[:, j] = pick
         rem -= pick
@@ -195,17 +204,32 @@ def items_given_totals(totals: np.ndarray, delta: np.ndarray, rng: np.random.Gen
 # ------------------------------------------------------------------------------------------
 # Tables
 # ------------------------------------------------------------------------------------------
-def build_tables(lay: Layout, obs: Observed, pk: Packed, rng: np.random.Generator,
-                 checklist: np.ndarray | None = None
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The contract's tables. ``checklist``: (clients, 5) clinical-support checklist ratings
-    (`checklist_ratings`), written as one CSC row at each client's decision session."""
-    n, slots = obs.att.shape
+INSTRUMENTS = (PHQ, GAD, SRS, CSC)  # `SessionRows.instrument` indexes this
+
+
+@dataclass
+class SessionRows:
+    """The sessions table as arrays, in the written row order (client, session, instrument).
+    `build_tables` formats it as the contract's frame; the streaming writer
+    (`training.simulate.stream`) goes to Arrow directly."""
+
+    client: np.ndarray  # row -> client index in the layout
+    session: np.ndarray  # int64
+    instrument: np.ndarray  # int8 index into INSTRUMENTS
+    score: np.ndarray  # float
+    date: np.ndarray  # datetime64[D]
+    items: np.ndarray  # (9, rows) float, NaN past the instrument's items
+
+
+def session_rows(lay: Layout, obs: Observed, pk: Packed, rng: np.random.Generator,
+                 checklist: np.ndarray | None = None, group: np.ndarray | None = None
+                 ) -> SessionRows:
+    """The rows of the sessions table (see `build_tables`). ``group``: a small non-negative
+    integer per client; the rows are then ordered by their client's group first (stable, so
+    client, session, instrument within a group), as the partitioned writer wants them. The
+    values do not depend on ``group``, only their order."""
     ci, si = np.nonzero(obs.att == 1)  # row-major: client then slot
     sess = si + 1
-    dates = lay.start[ci] + (7 * si).astype("timedelta64[D]")
-    clinic = np.array([f"K{c + 1:02d}" for c in range(int(lay.clinic.max()) + 1)], dtype=object)
-    ther = np.array([f"T{t + 1:04d}" for t in range(int(lay.therapist.max()) + 1)], dtype=object)
     m = len(ci)
     phq = obs.phq[ci, si].astype(np.int64)
     gad = obs.gad[ci, si].astype(np.int64)
@@ -213,33 +237,53 @@ def build_tables(lay: Layout, obs: Observed, pk: Packed, rng: np.random.Generato
     phq_items = items_given_totals(phq, pk.phq_delta, rng)
     gad_items = items_given_totals(gad, pk.gad_delta, rng)
     k = 3 if checklist is None else 4
-    items = np.full((k, m, 9), np.nan)
-    items[0] = phq_items
-    items[1, :, :7] = gad_items
-    items[2, :, :4] = srs / 10.0
+    items = np.full((9, k, m), np.nan)  # item, instrument, cell
+    items[:, 0] = phq_items.T
+    items[:7, 1] = gad_items.T
+    items[:4, 2] = srs.T / 10.0
     totals = [phq, gad, srs.sum(axis=1) / 10.0]
     keep = np.ones(k * m, dtype=bool)
     if checklist is not None:  # the CSC row only at the decision cell (an attended session)
-        items[3, :, :N_DOM] = checklist[ci]
+        items[:N_DOM, 3] = checklist[ci].T
         totals.append(checklist[ci].sum(axis=1))
         keep[3 * m:] = (obs.option[ci] >= 0) & (obs.option_slot[ci] == sess)
     scores = np.stack(totals).astype(float)
     order = np.arange(k * m).reshape(k, m).T.ravel()  # client, session, instrument
     order = order[keep[order]]
-    rep = lambda a: np.tile(a, k)[order]  # noqa: E731
-    codes = np.array([PHQ, GAD, SRS, CSC][:k], dtype=object)
+    cell = order % m if m else order
+    if group is not None:
+        by = np.argsort(group[ci[cell]], kind="stable")
+        order, cell = order[by], cell[by]
+    return SessionRows(
+        client=ci[cell],
+        session=sess[cell].astype(np.int64),
+        instrument=(order // max(m, 1)).astype(np.int8),
+        score=scores.ravel()[order],
+        date=lay.start[ci[cell]] + (7 * si[cell]).astype("timedelta64[D]"),
+        items=items.reshape(9, k * m)[:, order],
+    )
+
+
+def build_tables(lay: Layout, obs: Observed, pk: Packed, rng: np.random.Generator,
+                 checklist: np.ndarray | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The contract's tables. ``checklist``: (clients, 5) clinical-support checklist ratings
+    (`checklist_ratings`), written as one CSC row at each client's decision session."""
+    r = session_rows(lay, obs, pk, rng, checklist)
+    clinic = np.array([f"K{c + 1:02d}" for c in range(int(lay.clinic.max()) + 1)], dtype=object)
+    ther = np.array([f"T{t + 1:04d}" for t in range(int(lay.therapist.max()) + 1)], dtype=object)
     sessions = pd.DataFrame({
-        "client_id": pd.array(rep(lay.client_id[ci]), dtype="string"),
-        "session": rep(sess).astype(np.int64),
-        "instrument": pd.array(np.repeat(codes, m)[order], dtype="string"),
-        "score": scores.ravel()[order],
-        "date": rep(dates).astype("datetime64[s]"),
-        "clinic_id": pd.array(rep(clinic[lay.clinic[ci]]), dtype="string"),
-        "therapist_id": pd.array(rep(ther[lay.therapist[ci]]), dtype="string"),
+        "client_id": pd.array(lay.client_id[r.client], dtype="string"),
+        "session": r.session,
+        "instrument": pd.array(np.array(INSTRUMENTS, dtype=object)[r.instrument],
+                               dtype="string"),
+        "score": r.score,
+        "date": r.date.astype("datetime64[s]"),
+        "clinic_id": pd.array(clinic[lay.clinic[r.client]], dtype="string"),
+        "therapist_id": pd.array(ther[lay.therapist[r.client]], dtype="string"),
     })
-    flat = items.reshape(k * m, 9)[order]
     for j in range(9):
-        sessions[f"item_{j + 1}"] = flat[:, j]
+        sessions[f"item_{j + 1}"] = r.items[j]
     clients = pd.DataFrame({
         "client_id": pd.array(lay.client_id, dtype="string"),
         "end_status": pd.array(obs.status, dtype="string"),
