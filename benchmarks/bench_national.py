@@ -41,7 +41,7 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.bench_service import champion_store  # noqa: E402
 
-console = Console()
+console = Console(width=150)  # the table stays readable in a log file
 GB = 1024 ** 3
 
 

@@ -4,7 +4,8 @@ Features are computed per client from that client's own rows only, so a sessions
 partitioned by client can be processed partition by partition with the ONE feature
 implementation (`features.pointintime.point_in_time`); nothing is re-implemented here. Rows of a
 client must not be split across partitions: `partition_by_client` hashes the client id into
-partitions first.
+partitions first, with the bucket rule of `features.partitions` (the layout `ontrack score`
+reads, docs/scale.md).
 
     import dask.dataframe as dd
     sessions = dd.read_parquet("s3://bucket/cohort/sessions/")      # any Dask source
@@ -16,26 +17,17 @@ Needs the optional extra: `uv sync --extra distributed`.
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 import pandas as pd
 
+from features.partitions import client_bucket
 from features.pointintime import DEFAULT_AT, FEATURE_NAMES, point_in_time
-
-
-def _bucket(ids: pd.Series, n: int) -> pd.Series:
-    """A stable partition number per client id (the same on every worker and every run)."""
-    uniq = ids.astype(str).unique()
-    h = {u: int.from_bytes(hashlib.blake2b(u.encode(), digest_size=4).digest(), "big") % n
-         for u in uniq}
-    return ids.astype(str).map(h).astype(np.int64)
 
 
 def partition_by_client(sessions, n_partitions: int):
     """Re-partition a Dask sessions frame so that every client's rows sit in one partition."""
     frame = sessions.assign(_part=sessions["client_id"].map_partitions(
-        _bucket, n_partitions, meta=("_part", "int64")))
+        lambda ids: pd.Series(client_bucket(ids, n_partitions), index=ids.index),
+        meta=("_part", "int64")))
     return frame.shuffle(on="_part", npartitions=n_partitions).drop(columns="_part")
 
 
