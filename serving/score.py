@@ -43,7 +43,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from features.contract import CLIENTS_FILE, SESSIONS_FILE
-from features.partitions import Layout, ingest, read_layout
+from features.partitions import Layout, ingest, part_name, read_layout
 
 log = logging.getLogger("ontrack.score")
 
@@ -307,7 +307,7 @@ def _run(job, manifest, result, console, pinned, store, validate_partition, scor
     valid_dir = job.out / "_work" / "valid"
     scores_dir = job.out / "scores"
     n = manifest.get("partitions")
-    if n and all(str(k) in manifest["scored"] and (scores_dir / f"part-{k:05d}.parquet")
+    if n and all(str(k) in manifest["scored"] and (scores_dir / part_name(k))
                  .exists() for k in range(n)):  # a finished run: nothing to do
         result.partitions = result.partitions_reused = n
         _totals(manifest, result)
@@ -337,13 +337,13 @@ def _run(job, manifest, result, console, pinned, store, validate_partition, scor
             t0 = time.perf_counter()
             todo = {k: (k, n, str(layout.sessions(k)),
                         None if layout.clients(k) is None else str(layout.clients(k)),
-                        str(valid_dir / f"part-{k:05d}.parquet"), job.skip_invalid)
+                        str(valid_dir / part_name(k)), job.skip_invalid)
                     for k in range(n) if str(k) not in manifest["scored"] and (
                         str(k) not in manifest["validated"]
-                        or not (valid_dir / f"part-{k:05d}.parquet").exists())}
+                        or not (valid_dir / part_name(k)).exists())}
 
             def validated(k: int, res: dict) -> None:
-                _write_json(valid_dir / f"part-{k:05d}.json", res)
+                _write_json(valid_dir / part_name(k).replace(".parquet", ".json"), res)
                 manifest["validated"][str(k)] = {x: res[x] for x in res if x != "report"}
                 _write_json(job.out / MANIFEST, manifest)
 
@@ -354,13 +354,10 @@ def _run(job, manifest, result, console, pinned, store, validate_partition, scor
                 raise ScoreError(_failed_message(failed, "validated", manifest["run_id"]))
             report = []
             for k in range(n):  # partitions scored by an earlier run reported then
-                part = valid_dir / f"part-{k:05d}.json"
+                part = valid_dir / part_name(k).replace(".parquet", ".json")
                 if part.exists():
                     report.extend(json.loads(part.read_text())["report"])
-            stats = manifest["validated"].values()
-            result.rows = sum(s["rows"] for s in stats)
-            result.rows_refused = result.rows - sum(s["rows_kept"] for s in stats)
-            result.clients_skipped = sum(s["clients"] - s["clients_kept"] for s in stats)
+            _validation_totals(manifest, result)
             result.violations = len(report)
             if report:
                 _write_violations(job.out / VIOLATIONS, report)
@@ -375,12 +372,12 @@ def _run(job, manifest, result, console, pinned, store, validate_partition, scor
             t0 = time.perf_counter()
             result.partitions_reused = sum(
                 1 for k in range(n) if str(k) in manifest["scored"]
-                and (scores_dir / f"part-{k:05d}.parquet").exists())
-            todo = {k: (k, str(valid_dir / f"part-{k:05d}.parquet"),
-                        str(scores_dir / f"part-{k:05d}.parquet"), pinned, store,
+                and (scores_dir / part_name(k)).exists())
+            todo = {k: (k, str(valid_dir / part_name(k)),
+                        str(scores_dir / part_name(k)), pinned, store,
                         manifest["run_id"], job.horizon)
                     for k in range(n) if str(k) not in manifest["scored"]
-                    or not (scores_dir / f"part-{k:05d}.parquet").exists()}
+                    or not (scores_dir / part_name(k)).exists()}
 
             def scored(k: int, res: dict) -> None:
                 manifest["scored"][str(k)] = res
@@ -416,6 +413,10 @@ def _totals(manifest: dict, result: ScoreResult) -> None:
             acc = result.by_clinic.setdefault(c, [0, 0])
             acc[0] += m
             acc[1] += f
+    _validation_totals(manifest, result)
+
+
+def _validation_totals(manifest: dict, result: ScoreResult) -> None:
     stats = manifest["validated"].values()
     result.rows = sum(s["rows"] for s in stats)
     result.rows_refused = result.rows - sum(s["rows_kept"] for s in stats)
