@@ -66,6 +66,21 @@ SCORE_SCHEMA = pa.schema([
 ])
 
 
+def without_data(fn):
+    """A partition task whose errors name their type and partition only: a worker logs a
+    failed task's exception, and an exception's text can hold a value from the data."""
+    import functools
+
+    @functools.wraps(fn)
+    def task(k: int, *args, **kwargs):
+        try:
+            return fn(k, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            raise RuntimeError(f"{type(err).__name__} in partition {k} (details withheld: "
+                               "they may hold client data)") from None
+    return task
+
+
 def write_atomic(table: pa.Table, path: Path) -> Path:
     """Write a Parquet file so that it exists under ``path`` only when complete."""
     tmp = path.with_name(path.name + ".tmp")
@@ -95,6 +110,7 @@ def _where(v: Violation, k: int, source: dict[str, np.ndarray | None]) -> dict:
             "column": v.column, "message": v.message}
 
 
+@without_data
 def validate_partition(k: int, partitions: int, sessions_path: str, clients_path: str | None,
                        out_path: str, skip_invalid: bool) -> dict:
     """Validate partition ``k``; write the typed rows of the clients that passed (all of them,
@@ -214,6 +230,7 @@ def assessments_table(assessments: list, clinic: dict, model_version: str,
     return pa.Table.from_pydict(cols, schema=SCORE_SCHEMA)
 
 
+@without_data
 def score_partition(k: int, in_path: str, out_path: str, model_uri: str, tracking_uri: str,
                     run_id: str, horizon: int = 4) -> dict:
     """Assess every client of a validated partition as of its latest session; write one row

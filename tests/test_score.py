@@ -286,3 +286,13 @@ def test_the_same_command_runs_on_a_separate_dask_cluster(store, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
         logs.close()
+
+
+def test_a_failing_partition_names_no_data():
+    from serving.scoring import validate_partition
+
+    with pytest.raises(RuntimeError) as info:
+        validate_partition(3, 8, "/nonexistent/SENTINEL-C0001234.parquet", None,
+                           "/nonexistent/out.parquet", False)
+    assert "partition 3" in str(info.value) and "SENTINEL" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
