@@ -275,6 +275,8 @@ def run(job: ScoreJob, console: Console | None = None) -> ScoreResult:
     console = console or Console()
     job.out = job.out.resolve()
     job.data = job.data.resolve()
+    if not job.data.exists():  # before anything is created
+        raise ScoreError(f"{job.data} does not exist")
     manifest = _open_manifest(job)
     configure(SCORING_EXPERIMENT)
     store = tracking_uri()
