@@ -296,3 +296,11 @@ def test_a_failing_partition_names_no_data():
                            "/nonexistent/out.parquet", False)
     assert "partition 3" in str(info.value) and "SENTINEL" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_missing_input_creates_nothing(tmp_path):
+    from serving.score import ScoreError, ScoreJob, run
+
+    with pytest.raises(ScoreError, match="does not exist"):
+        run(ScoreJob(data=tmp_path / "no-such-cohort", out=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
