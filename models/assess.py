@@ -100,13 +100,22 @@ class Signal(BaseModel):
 
 
 class CoursePoint(BaseModel):
-    """Expected score at a coming session, its 90% band and the failure boundary."""
+    """Expected score at a session, its 90% bands and the failure boundary."""
 
     session: int
     expected: float
-    lower: float
-    upper: float
+    lower: float = Field(description="Lower end of the empirical 90% band (the similar "
+                         "clients' or the expected-response curve's 5th percentile).")
+    upper: float = Field(description="Upper end of the empirical 90% band (95th percentile).")
     failure_boundary: float
+    band_lower: float | None = Field(None, description=(
+        "Lower end of the conformal 90% band: the empirical band widened (or narrowed) by a "
+        "per-session margin in band widths, calibrated on held-out scores (training clients, "
+        "each kept out of its own neighbour reference) so that about 90% of new clients' "
+        "scores at that session fall inside it; coverage measured on new simulated clients in "
+        "docs/training.md. Null when the model has no calibrated band."))
+    band_upper: float | None = Field(None, description="Upper end of the conformal 90% band "
+                                     "(see band_lower).")
 
 
 class ChangeStatus(BaseModel):
@@ -483,15 +492,19 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
         ahead = session[:, None] + np.arange(1, horizon + 1)[None, :]
         cm, cl, cu, cb = _course_at(m, nav, np.arange(n), intake, ahead)
         # the course so far: at each earlier score after the first (what was expected there)
-        past = np.flatnonzero(np.r_[False, code[1:] == code[:-1]]) if nh else np.empty(0, int)
+        past = _after_first(code)
         pm, pl, pu, pb = _course_at(m, nav, code[past], colh["intake_score"][past],
                                     colh["session"][past, None])
+        band = getattr(m, "band", None)
+        cbl, cbu = _band_at(band, inst, ahead, cl, cu)
+        pbl, pbu = _band_at(band, inst, colh["session"][past, None], pl, pu)
         for i, row in enumerate(past.tolist()):
             if np.isfinite(pm[i, 0]) and np.isfinite(pb[i, 0]):
                 so_far[code[row]].append(_build(CoursePoint,
                     session=int(colh["session"][row]), expected=float(pm[i, 0]),
                     lower=float(pl[i, 0]), upper=float(pu[i, 0]),
-                    failure_boundary=float(pb[i, 0])))
+                    failure_boundary=float(pb[i, 0]), band_lower=pbl[i][0],
+                    band_upper=pbu[i][0]))
         source = src_h[last]
         Mh = m.failure.transform_features(Xh)
         M = Mh[last]
@@ -507,7 +520,8 @@ def _assess_instrument(bundle, instrument, sessions, safety, covariates, horizon
         for k in range(n):
             courses[k] = [_build(CoursePoint,
                 session=int(ahead[k, h]), expected=float(cm[k, h]), lower=float(cl[k, h]),
-                upper=float(cu[k, h]), failure_boundary=float(cb[k, h]))
+                upper=float(cu[k, h]), failure_boundary=float(cb[k, h]),
+                band_lower=cbl[k][h], band_upper=cbu[k][h])
                 for h in range(horizon)]
             if not eligible[k]:
                 continue
@@ -630,6 +644,53 @@ def _course_at(m, nav, client: np.ndarray, intake: np.ndarray, at: np.ndarray):
     ok = np.isfinite(nav["boundary"][r, j]) & (at <= S)
     return tuple(np.where(ok, nav[key][r, j], old) for key, old in
                  zip(("median", "lower", "upper", "boundary"), out, strict=True))
+
+
+def _band_at(band, inst, at: np.ndarray, lower: np.ndarray, upper: np.ndarray
+             ) -> tuple[list, list]:
+    """The conformal band (`models.conformal.ConformalBand`) around the served band at the
+    sessions ``at``, as nested lists of floats shaped like ``at`` (None where the bundle has
+    no band or the served band is missing): one vectorised lookup of the margin by session."""
+    if band is None:
+        none = np.full(np.shape(at), None, dtype=object).tolist()
+        return none, none
+    lo, hi = band.apply(at, lower, upper, inst.score_min, inst.score_max)
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if ok.all():
+        return lo.tolist(), hi.tolist()
+    return np.where(ok, lo, None).tolist(), np.where(ok, hi, None).tolist()
+
+
+def _after_first(code: np.ndarray) -> np.ndarray:
+    """The history rows after each client's first (the scores the course so far covers)."""
+    return (np.flatnonzero(np.r_[False, code[1:] == code[:-1]]) if len(code)
+            else np.empty(0, int))
+
+
+def served_course(m, sessions: pd.DataFrame, instrument: str,
+                  exclude: pd.Index | None = None) -> pd.DataFrame:
+    """The served course at every observed score after the first: one row per client and
+    session with the observed ``score`` and the course shown for that session (``expected``,
+    ``lower``, ``upper``, ``failure_boundary``), as the assessment's ``course_so_far`` shows
+    it: it depends on what was known at intake only, so it is also what was shown for that
+    session beforehand. ``exclude``: the navigator's reference ids (sorted), so that a
+    training client is never its own neighbour (calibration of `models.conformal`); None for
+    new clients. Columns client_id, session, score, expected, lower, upper,
+    failure_boundary."""
+    sessions = SessionColumns.of(sessions)
+    hist, code, _, _, ids = _rows_by_client(sessions, instrument)
+    nav = (None if m.navigator is None
+           else _intake_course(m.navigator, _session_one(hist), ids, exclude))
+    intake = hist.X["intake_score"].to_numpy(dtype=float)
+    session = hist.X["session"].to_numpy(dtype=float)
+    past = _after_first(code)
+    pm, pl, pu, pb = _course_at(m, nav, code[past], intake[past], session[past, None])
+    return pd.DataFrame({
+        "client_id": hist.keys["client_id"].to_numpy()[past],
+        "session": session[past].astype(np.int64),
+        "score": hist.X["latest_score"].to_numpy(dtype=float)[past],
+        "expected": pm[:, 0], "lower": pl[:, 0], "upper": pu[:, 0],
+        "failure_boundary": pb[:, 0]})
 
 
 def _session_one(hist):

@@ -2,10 +2,11 @@
 
 It holds, per outcome instrument, the expected-response model, the nearest-neighbour navigator,
 the failure and dropout risk models (with the booster the explanations come from), the
-not-on-track flag policy (`models.flag`, its thresholds and what they achieved) and the
-training population; plus the feature version and names and
-the model-card fields. Training builds it and logs it to MLflow as a custom pyfunc; the
-service loads it from the registry and calls `assess`; nothing is rebuilt at serving time.
+not-on-track flag policy (`models.flag`, its thresholds and what they achieved), the conformal
+margins of the expected course's band (`models.conformal`) and the training population; plus
+the feature version and names and the model-card fields. Training builds it and logs it to
+MLflow as a custom pyfunc; the service loads it from the registry and calls `assess`; nothing
+is rebuilt at serving time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from features.pointintime import FEATURE_NAMES, FEATURE_VERSION, check_features
+from models.conformal import ConformalBand
 from models.flag import FlagPolicy
 
 
@@ -86,6 +88,9 @@ class InstrumentModels:
     recommender: Recommender | None = None  # None: rules only
     flag_policy: FlagPolicy | None = None  # None: deterioration rule only
     target: str = "failed"  # features.targets.TARGETS: what the not-on-track risk model predicts
+    # conformal margins around the course's band; None: no conformal band (bundles fitted
+    # before it existed unpickle without the attribute: read it with getattr(m, "band", None))
+    band: ConformalBand | None = None
 
 
 @dataclass

@@ -23,6 +23,8 @@ MUTED = "#4b5563"
 EXPECTED = "#1d4ed8"
 BAND = "#dbeafe"
 BOUNDARY = "#b91c1c"
+CONFORMAL = "#6d28d9"  # the conformal band's outline (about 7:1 against white)
+CONFORMAL_DASH = "6 3 1.5 3"  # dash-dot: unlike the expected course's and boundary's dashes
 RAISES = "#b45309"
 LOWERS = "#0f766e"
 GRID = "#e5e7eb"
@@ -56,6 +58,8 @@ class CoursePoint:
     lower: float
     upper: float
     boundary: float
+    band_lower: float | None = None  # the conformal 90% band (None: the model has none)
+    band_upper: float | None = None
 
 
 class _Frame:
@@ -132,23 +136,39 @@ def _polyline(points: list[tuple[float, float]], **attrs: str) -> str:
     return f'<polyline points="{pts}" fill="none" {extra}/>'
 
 
+def _conformal_words(c: CoursePoint, to: str) -> str:
+    """The words ', 90% conformal band a to b' for a point that has one, else nothing."""
+    if c.band_lower is None or c.band_upper is None:
+        return ""
+    return f", 90% conformal band {_f(c.band_lower)}{to}{_f(c.band_upper)}"
+
+
 def trajectory_svg(uid: str, instrument: str, observed: Sequence[tuple[int, float]],
                    course: Sequence[CoursePoint], *, y_min: float, y_max: float,
                    cutoff: float | None, higher_is_better: bool,
                    latest_label: str | None = None) -> str:
     """Observed scores (solid line, round markers) against the expected course (long-dashed
-    line), its band (hatched area) and the not-on-track boundary (short-dashed line with
-    cross markers); the clinical cut-off as a dotted line."""
+    line), its band (hatched area), the conformal 90% band when the course has one (an
+    outline only, dash-dotted) and the not-on-track boundary (short-dashed line with cross
+    markers); the clinical cut-off as a dotted line."""
     sessions = [s for s, _ in observed] + [c.session for c in course]
     fr = _Frame(sessions, y_min, y_max)
     direction = "higher is better" if higher_is_better else "higher is more severe"
     body = [_hatch(f"{uid}-band", EXPECTED, BAND)] + fr.axes(f"{instrument} ({direction})")
+    banded = [c for c in course if c.band_lower is not None and c.band_upper is not None]
     if course:
         top = [(fr.x(c.session), fr.y(c.upper)) for c in course]
         bottom = [(fr.x(c.session), fr.y(c.lower)) for c in reversed(course)]
         pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in top + bottom)
         body.append(f'<polygon points="{pts}" fill="url(#{uid}-band)" stroke="{EXPECTED}" '
                     'stroke-width="0.5" stroke-opacity="0.5"/>')
+    if banded:
+        top = [(fr.x(c.session), fr.y(c.band_upper)) for c in banded]
+        bottom = [(fr.x(c.session), fr.y(c.band_lower)) for c in reversed(banded)]
+        pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in top + bottom)
+        body.append(f'<polygon points="{pts}" fill="none" stroke="{CONFORMAL}" '
+                    f'stroke-width="1.5" stroke-dasharray="{CONFORMAL_DASH}"/>')
+    if course:
         body.append(_polyline([(fr.x(c.session), fr.y(c.expected)) for c in course],
                               stroke=EXPECTED, stroke_width="2", stroke_dasharray="10 5"))
         body.append(_polyline([(fr.x(c.session), fr.y(c.boundary)) for c in course],
@@ -157,7 +177,8 @@ def trajectory_svg(uid: str, instrument: str, observed: Sequence[tuple[int, floa
             x, y = fr.x(c.session), fr.y(c.boundary)
             body.append(f'<path d="M{x - 4:.1f},{y - 4:.1f}l8,8m0,-8l-8,8" stroke="{BOUNDARY}" '
                         f'stroke-width="2"><title>Session {c.session}: expected '
-                        f'{_f(c.expected)}, band {_f(c.lower)}–{_f(c.upper)}, not-on-track '
+                        f'{_f(c.expected)}, band {_f(c.lower)}–{_f(c.upper)}'
+                        f'{_conformal_words(c, "–")}, not-on-track '
                         f'boundary {_f(c.boundary)}</title></path>')
     if cutoff is not None:
         y = fr.y(cutoff)
@@ -188,6 +209,9 @@ def trajectory_svg(uid: str, instrument: str, observed: Sequence[tuple[int, floa
              'stroke-dasharray="10 5"/>', "expected course"),
             (f'<rect x="0" y="-7" width="24" height="14" fill="url(#{uid}-band)" '
              f'stroke="{EXPECTED}" stroke-width="0.5"/>', "expected band"),
+            *([(f'<rect x="0" y="-7" width="24" height="14" fill="none" stroke="{CONFORMAL}" '
+                f'stroke-width="1.5" stroke-dasharray="{CONFORMAL_DASH}"/>',
+                "90% conformal band")] if banded else []),
             (f'<line x1="0" x2="24" y1="0" y2="0" stroke="{BOUNDARY}" stroke-width="2.5" '
              f'stroke-dasharray="4 4"/><path d="M8,-4l8,8m0,-8l-8,8" stroke="{BOUNDARY}" '
              'stroke-width="2"/>', "not-on-track boundary"),
@@ -202,7 +226,8 @@ def trajectory_svg(uid: str, instrument: str, observed: Sequence[tuple[int, floa
     if course:
         desc += " Expected course: " + "; ".join(
             f"session {c.session}: expected {_f(c.expected)}, band {_f(c.lower)} to "
-            f"{_f(c.upper)}, not-on-track boundary {_f(c.boundary)}" for c in course) + "."
+            f"{_f(c.upper)}{_conformal_words(c, ' to ')}, not-on-track boundary "
+            f"{_f(c.boundary)}" for c in course) + "."
     else:
         desc += " No expected course is available for this instrument."
     if cutoff is not None:

@@ -528,7 +528,7 @@ def _charts(st: _State, a: Any, history: pd.DataFrame) -> list[dict[str, Any]]:
         note = ""
         if code == a.instrument and a.course:
             course = [charts.CoursePoint(c.session, c.expected, c.lower, c.upper,
-                                         c.failure_boundary)
+                                         c.failure_boundary, c.band_lower, c.band_upper)
                       for c in (*a.course_so_far, *a.course)]
             note = ("Past sessions: the band and boundary expected from the sessions before "
                     f"each one; sessions {a.course[0].session}–{a.course[-1].session}: the "

@@ -22,6 +22,7 @@ from features.pointintime import DEFAULT_AT
 from features.targets import NHS_INSTRUMENTS, check_target
 from models.baseline import LogisticRisk
 from models.bundle import Bundle, InstrumentModels, Population
+from models.conformal import ConformalBand
 from models.expected import ExpectedResponse, trajectory_points
 from models.expected_risk import ExpectedResponseRisk
 from models.flag import BY_SESSION, DEFAULT_BUDGET, FlagPolicy, Outcomes, fit_policy
@@ -230,7 +231,25 @@ def fit_instrument(cohort: Cohort, rows: TrainingRows, settings: Settings,
                               recommender=fit_recommender(cohort, rows, settings),
                               target=rows.target)
     models.flag_policy = fit_flag_policy(cohort, rows, models, settings)
+    models.band = fit_band(cohort, rows, models)
     return models
+
+
+def fit_band(cohort: Cohort, rows: TrainingRows, models: InstrumentModels) -> ConformalBand:
+    """The conformal margins of the expected course's band (`models.conformal`), calibrated
+    on every training client's observed scores at sessions 2.. against the course served for
+    them as known at intake, each client kept out of the neighbour reference (a training
+    client is never its own neighbour; `models.assess.served_course`, the service's own
+    course code). The expected-response curve, used where the neighbours have no course, is
+    fitted on these clients too: one client's weight in it is small, and the coverage is
+    checked on new clients (`training.conformal_eval`)."""
+    from models.assess import served_course
+
+    ids = pd.Index(sorted(pd.unique(rows.groups)))
+    s = cohort.sessions[cohort.sessions["client_id"].isin(ids)]
+    served = served_course(models, s, rows.instrument, exclude=ids)
+    return ConformalBand().fit(served["session"], served["score"], served["lower"],
+                               served["upper"])
 
 
 def oof_risk(failure, n_rows: int) -> np.ndarray:
