@@ -295,3 +295,91 @@ def test_nhs_paired_target_is_a_training_choice(sim_cohort_dir):
     assert flags is not None and "learned" in set(flags.table["policy"])
     with pytest.raises(ValueError, match="PHQ-9 or GAD-7"):
         build_rows(cohort, "ORS", target="failed_nhs")
+
+
+def test_report_has_every_tripod_ai_item_and_is_logged_on_the_model(trained, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from training.registry import logged_model_id
+    from training.simulate import simulate_cohort
+    from training.tripod import ITEMS, NOT_AVAILABLE, missing_items
+
+    other = tmp_path / "other"
+    simulate_cohort(600, seed=99, oracle_clients=0).write(other, "csv")
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["report", "--model", "models:/ontrack-not-risk@champion",
+                                 "--data", str(other), "--out", str(out), "--bootstrap", "30"],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    md = (out / "report.md").read_text()
+    assert missing_items(md) == []
+    for item, topic, _ in ITEMS:
+        assert f"### {item}. {topic}" in md
+    # the check fails when an item's section is gone
+    cut = md.replace("### 14. Fairness", "### 14x. Fairness")
+    assert missing_items(cut) == ["14"]
+    # filled from the run and the evaluation: intervals, plots, the flag policy, subgroups
+    assert "External evaluation" in md and "AUROC" in md and "flag policies replayed" in md
+    assert "![PHQ-9 calibration s3]" in md and "Largest" in md
+    assert NOT_AVAILABLE + " the study's authors must state ethical approval" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "<table>" in html
+    model_id = logged_model_id("models:/ontrack-not-risk@champion")
+    names = {a.path for a in MlflowClient().list_logged_model_artifacts(model_id, "reports")}
+    assert "reports/report.md" in names and "reports/report.html" in names
+
+
+def test_the_champions_record_carries_its_metrics_with_the_dataset_digest(trained):
+    """MLflow 3: the headline metrics are on the logged model, tied to the dataset they were
+    measured on; the registered version says what the gate decided; compare searches the
+    logged models."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from training.pipeline import split_for_gate
+    from training.registry import logged_model_id
+    from training.report import logged_models
+    from training.tracking import evaluation_dataset
+
+    cohort = trained["cohort"]
+    version = trained["first"].version
+    model_id = logged_model_id(f"models:/ontrack-not-risk/{version}")
+    lm = mlflow.get_logged_model(model_id)
+    dev, hold = split_for_gate(build_rows(cohort, "PHQ-9"))
+    source = str(trained["cohort"].source) if trained["cohort"].source else "in-memory"
+    dev_digest = evaluation_dataset({"PHQ-9": dev}, "x", source).digest
+    hold_digest = evaluation_dataset({"PHQ-9": hold}, "x", source).digest
+    by_key = {(m.key, m.dataset_digest): m.value for m in lm.metrics}
+    r = trained["first"].reports["PHQ-9"].comparison
+    s3 = r[(r["model"] == "gbm") & (r["session"] == 3)].iloc[0]
+    assert by_key[("PHQ-9_auroc_s3", dev_digest)] == pytest.approx(s3["auroc"])
+    assert ("gate_auroc_diff", hold_digest) in by_key
+    assert ("PHQ-9_flag_improvers_s3", hold_digest) in by_key
+    assert lm.params["flag_budget"] == "0.3" and lm.tags["instruments"] == "PHQ-9"
+    mv = MlflowClient().get_model_version("ontrack-not-risk", version)
+    assert mv.tags["gate.reason"] == trained["first"].decision.reason
+    assert "AUROC as of session 3" in mv.description
+    models = logged_models(MlflowClient())
+    assert model_id in set(models["model_id"])
+
+
+def test_a_small_cohort_on_another_instrument_gets_a_too_small_section(trained, tmp_path):
+    from pathlib import Path
+
+    bdi = Path(__file__).parent / "fixtures" / "bdi_monthly"
+    result = runner.invoke(app, ["evaluate", "--model", "models:/ontrack-not-risk@champion",
+                                 "--data", str(bdi), "--bootstrap", "30",
+                                 "--out", str(tmp_path / "ev")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "BDI-II: not evaluated" in out and "Too small for" in out, out
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["report", "--model", "models:/ontrack-not-risk@champion",
+                                 "--data", str(bdi), "--out", str(tmp_path / "r"),
+                                 "--bootstrap", "30"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "### Too small, and not covered" in md and "Too small for" in md
+    from training.tripod import missing_items
+
+    assert missing_items(md) == []

@@ -150,6 +150,21 @@ def _progress():
                     console=console, transient=False)
 
 
+def _with_progress(start: str, job, errors: tuple[type[Exception], ...] = (LookupError,)):
+    """``job(progress)`` under a spinner whose text each step updates; one of ``errors``
+    prints its message and exits 1 (no traceback)."""
+    with _progress() as bar:
+        task = bar.add_task(start, total=None)
+        try:
+            out = job(lambda msg: bar.update(task, description=msg))
+        except errors as e:
+            bar.stop()
+            err.print(f"[red]error[/red]: {e}")
+            raise typer.Exit(1) from None
+        bar.update(task, description="done")
+    return out
+
+
 def _print_frame(frame, title: str, columns: dict[str, str], digits: int = 3) -> None:
     import math
 
@@ -274,20 +289,11 @@ def train(
                   f"not {target!r}")
         raise typer.Exit(2)
     cohort, _ = load_or_exit(data)
-    with _progress() as bar:
-        task = bar.add_task("training", total=None)
-        try:
-            result = run_training(
-                cohort, data, Settings(seed=seed, n_folds=folds, n_neighbors=neighbours,
-                                       target=target, flag_budget=flag_budget),
-                instruments=instrument or None, n_boot=bootstrap, register_model=register,
-                permute_labels=permute_labels,
-                progress=lambda msg: bar.update(task, description=msg))
-        except TooLittleDataError as e:
-            bar.stop()
-            err.print(f"[red]error[/red]: {e}")
-            raise typer.Exit(1) from None
-        bar.update(task, description="done")
+    result = _with_progress("training", lambda progress: run_training(
+        cohort, data, Settings(seed=seed, n_folds=folds, n_neighbors=neighbours,
+                               target=target, flag_budget=flag_budget),
+        instruments=instrument or None, n_boot=bootstrap, register_model=register,
+        permute_labels=permute_labels, progress=progress), errors=(TooLittleDataError,))
     print_training_report(result)
     console.print(f"MLflow run {result.run_id}")
 
@@ -297,23 +303,104 @@ def evaluate(
     model: Annotated[str, typer.Option(help="Model URI, e.g. models:/ontrack-not-risk@champion")],
     data: Annotated[Path, typer.Option(help="Cohort to validate on (not used in training).")],
     bootstrap: Annotated[int, typer.Option(min=20)] = 200,
+    recalibrate: Annotated[bool, typer.Option(
+        help="Also fit a logistic recalibration (intercept and slope) on this cohort, judged "
+        "in folds grouped by client.")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for evaluation.md and its plots.")
+                   ] = Path("reports/evaluation"),
 ) -> None:
-    """External validation of a registered model on another cohort, without retraining."""
+    """External validation of a registered model on another cohort, without retraining:
+    discrimination, calibration, flag policies, subgroups, band coverage and whether the
+    cohort is large enough (Riley et al. 2024)."""
     from training.external import external_validation
+    from training.tripod import evaluation_markdown
 
     cohort, _ = load_or_exit(data)
-    frames, run_id, flags = external_validation(model, cohort, data, n_boot=bootstrap)
-    for inst, frame in frames.items():
-        _print_frame(frame, f"{inst}: external validation of {model}",
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.exceptions import MlflowException
+
+    ev = _with_progress("loading the model", lambda progress: external_validation(
+        model, cohort, data, n_boot=bootstrap, recalibrate=recalibrate, progress=progress),
+        errors=(LookupError, MlflowException))
+    for inst, why in ev.not_covered.items():
+        console.print(f"[yellow]{inst}: not evaluated[/yellow]: {why}")
+    if not ev.instruments:
+        console.print("[bold]Too small, and not covered[/bold]: had the model covered this "
+                      "cohort, a validation on it could be this precise (Riley et al. 2024):")
+        for c in ev.sample_size:
+            console.print(f"  - {c.sentence}")
+    for inst, e in ev.instruments.items():
+        _print_frame(e.comparison, f"{inst}: external validation of {model}",
                      {"session": "session", "n": "n", "auroc": "AUROC", "brier": "Brier",
                       "cal_slope": "cal. slope", "cal_intercept": "cal. intercept",
                       "sensitivity": "sens.", "specificity": "spec.", "flag_rate": "flagged"})
-        if inst in flags:
-            print_flag_table(flags[inst].table, f"{inst}: flag policies replayed session by "
+        if e.flags is not None:
+            print_flag_table(e.flags.table, f"{inst}: flag policies replayed session by "
                              "session on every client of the cohort (95% client-bootstrap "
                              "intervals)")
-            console.print(flags[inst].summary)
-    console.print(f"logged to MLflow run {run_id}")
+            console.print(e.flags.summary)
+        if e.recalibration is not None:
+            _print_frame(e.recalibration, f"{inst}: recalibration",
+                         {"risk": "risk", "brier": "Brier", "cal_slope": "cal. slope",
+                          "cal_intercept": "cal. intercept", "fitted_a": "a", "fitted_b": "b"})
+        if e.fairness is not None:
+            for line in e.fairness.sentences():
+                console.print(f"  {line}")
+        small = [c for c in e.sample_size if not c.meets]
+        if small:
+            console.print(f"[bold]{inst}: too small for a precise validation[/bold]")
+        for c in e.sample_size:
+            console.print(f"  - {c.sentence}")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "evaluation.md"
+    path.write_text(f"# External evaluation of `{model}`\n\n"
+                    + evaluation_markdown(ev, out / "plots", out))
+    console.print(f"evaluation: {path}")
+    console.print(f"logged to MLflow run {ev.run_id}")
+
+
+@app.command()
+def report(
+    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/ontrack-not-risk@champion")],
+    data: Annotated[Path, typer.Option(help="Evaluation cohort (not used in training).")],
+    format: Annotated[list[str] | None, typer.Option(
+        "--format", help="md and/or html (repeat the option); PDF: print the HTML.")] = None,
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports/tripod"),
+    bootstrap: Annotated[int, typer.Option(min=20)] = 200,
+    recalibrate: Annotated[bool, typer.Option(
+        help="Include a logistic recalibration on the evaluation cohort.")] = False,
+) -> None:
+    """A TRIPOD+AI report for a registered model: every checklist item, filled from its
+    MLflow run and an evaluation on --data, or marked "not available" with the reason;
+    logged on the model's MLflow record."""
+    from training.tripod import write_report
+
+    formats = [f.lower() for f in (format or ["md", "html"])]
+    bad = [f for f in formats if f not in {"md", "html"}]
+    if bad:
+        err.print(f"[red]error[/red]: --format must be md or html, not {', '.join(bad)} "
+                  "(for a PDF, open report.html in a browser and print it)")
+        raise typer.Exit(2)
+    cohort, _ = load_or_exit(data)  # the contract's errors, named, before anything is written
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.exceptions import MlflowException
+
+    paths = _with_progress("loading the model", lambda progress: write_report(
+        model, cohort, data, out, formats, n_boot=bootstrap, recalibrate=recalibrate,
+        progress=progress), errors=(LookupError, MlflowException))
+    ev = paths.evaluation
+    for inst, why in ev.not_covered.items():
+        console.print(f"[yellow]{inst}: not evaluated[/yellow]: {why}")
+    small = [c for e in ev.instruments.values() for c in e.sample_size if not c.meets]
+    small += [c for c in ev.sample_size if not c.meets]
+    for c in small:
+        console.print(f"[yellow]too small[/yellow]: {c.sentence}")
+    if paths.missing:
+        err.print(f"[red]error[/red]: items without a section: {', '.join(paths.missing)}")
+        raise typer.Exit(1)
+    console.print(f"report: {paths.markdown}" + (f" and {paths.html}" if paths.html else ""))
+    if paths.model_id:
+        console.print(f"logged on the model record {paths.model_id} (artifacts/reports)")
 
 
 @app.command()
@@ -332,6 +419,18 @@ def compare(
     _print_frame(leaderboard, "Leaderboard (AUROC as of session 3, cross-validated)",
                  {"instrument": "instrument", "label": "model", "auroc": "AUROC",
                   "brier": "Brier", "cal_slope": "cal. slope", "flag_rate": "flagged"})
+    from mlflow.tracking import MlflowClient
+
+    from training.report import logged_models
+
+    models = logged_models(MlflowClient())
+    if len(models):
+        cols = {"version": "version", "created": "created", "instruments": "instruments",
+                **{c: c.replace("_auroc_s3", " AUROC s3") for c in models.columns
+                   if c.endswith("_auroc_s3")},
+                "gate_auroc_diff": "gate ΔAUROC", "gate_promote": "promoted"}
+        _print_frame(models, "Logged models (newest first; MLflow search_logged_models)",
+                     {k: v for k, v in cols.items() if k in models.columns})
     console.print(f"report: {path}")
 
 

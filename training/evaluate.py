@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from training.dataset import TrainingRows
-from training.metrics import at_threshold, bootstrap, net_benefit, subgroup_table
+from training.metrics import at_threshold, bootstrap, net_benefit
 
 #: Display names of the compared models (tables, plots, the model card).
 LABELS = {"expected_response": "Expected response (Finch/Lambert)",
@@ -108,28 +108,6 @@ def decision_curves(rows: TrainingRows, oof: pd.DataFrame, oracle: np.ndarray | 
             continue
         nb = net_benefit(y[mask], p[mask])
         frames.append(nb.assign(model=m))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def subgroups(rows: TrainingRows, oof: pd.DataFrame, model: str = "gbm", session: int = 3,
-              threshold: float | None = None) -> pd.DataFrame:
-    """Subgroup performance (clinic, therapist, covariates) at one session; cells < 10
-    suppressed."""
-    y, t = rows.failed, rows.keys["session"].to_numpy()
-    p = oof[f"p_{model}"].to_numpy()
-    flag = oof[f"flag_{model}"].to_numpy()
-    mask = (t == session) & np.isfinite(y) & np.isfinite(p)
-    frames = []
-    for col in rows.context.columns:
-        by = rows.context[col][mask].reset_index(drop=True)
-        by.name = col
-        # flags already carry each fold's own threshold: pass them as probabilities vs 0.5
-        tab = subgroup_table(y[mask], flag[mask] if threshold is None else p[mask],
-                             0.5 if threshold is None else threshold, by)
-        if threshold is None:  # AUROC needs the probabilities
-            auc = subgroup_table(y[mask], p[mask], 0.5, by)["auroc"]
-            tab["auroc"] = auc.to_numpy()
-        frames.append(tab)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

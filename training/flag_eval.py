@@ -191,6 +191,8 @@ class PolicyEvaluation:
     curves: pd.DataFrame  # the cumulative curve of the model (and the oracle) on the same clients
     gap_to_oracle: float | None  # oracle minus policy, deteriorators by session 3, points
     summary: str
+    #: per client of the learned policy: client_id, flag_s3, failed, deteriorated (subgroups)
+    clients: pd.DataFrame | None = None
 
 
 def evaluate(history: History, keys: pd.DataFrame, outcomes: Outcomes, policy: FlagPolicy,
@@ -199,9 +201,9 @@ def evaluate(history: History, keys: pd.DataFrame, outcomes: Outcomes, policy: F
              seed: int = 0) -> PolicyEvaluation:
     """The table of policies on held-out clients (their whole history), the cumulative curves
     and the gap to the oracle."""
+    learned = summarise(history, policy.replay(history).flagged, outcomes)
     rows = [
-        policy_row("learned", summarise(history, policy.replay(history).flagged, outcomes),
-                   n_boot, seed),
+        policy_row("learned", learned, n_boot, seed),
         policy_row("per_row", summarise(history, per_row_flags(history, per_row_threshold),
                                         outcomes), n_boot, seed),
         policy_row("lambert", summarise(history, lambert_flags(history), outcomes), n_boot,
@@ -240,7 +242,12 @@ def evaluate(history: History, keys: pd.DataFrame, outcomes: Outcomes, policy: F
     if gap is not None:
         summary += (f"; the oracle through the same policy flags {gap:+.1f} points more "
                     "deteriorators at the same false-alarm share")
-    return PolicyEvaluation(table, curve, gap, summary)
+    client = np.asarray(history.client)
+    starts = np.r_[True, client[1:] != client[:-1]] if len(client) else np.empty(0, bool)
+    per_client = pd.DataFrame({"client_id": keys["client_id"].to_numpy()[starts],
+                               "flag_s3": learned.flag_s3, "failed": learned.failed,
+                               "deteriorated": learned.deteriorated})
+    return PolicyEvaluation(table, curve, gap, summary, per_client)
 
 
 def evaluate_on(model, sessions: pd.DataFrame, clients: pd.DataFrame | None,

@@ -181,27 +181,3 @@ def net_benefit(y: np.ndarray, p: np.ndarray, thresholds=THRESHOLDS) -> pd.DataF
         rows.append({"threshold": round(float(t), 3), "net_benefit": tp / n - fp / n * w,
                      "flag_all": prev - (1 - prev) * w, "flag_none": 0.0})
     return pd.DataFrame(rows)
-
-
-def subgroup_table(y: np.ndarray, p: np.ndarray, threshold: float, by: pd.Series,
-                   min_cell: int = MIN_CELL) -> pd.DataFrame:
-    """Per subgroup: n, events, AUROC, flag rate, sensitivity. Cells with fewer than `min_cell`
-    rows, or fewer than `min_cell` events / non-events for AUROC, are suppressed (NaN)."""
-    frame = pd.DataFrame({"y": np.asarray(y, float), "p": np.asarray(p, float),
-                          "group": by.astype("string").fillna("missing").to_numpy()})
-    rows = []
-    for g, d in frame.groupby("group", sort=True):
-        n, ev = len(d), int(d["y"].sum())
-        row = {"subgroup": by.name, "level": g, "n": n, "events": ev}
-        if n < min_cell:
-            row.update(n=float("nan"), events=float("nan"), auroc=float("nan"),
-                       flag_rate=float("nan"), sensitivity=float("nan"), suppressed=True)
-        else:
-            thr = at_threshold(d["y"].to_numpy(), d["p"].to_numpy(), threshold)
-            ok = min(ev, n - ev) >= min_cell
-            row.update(auroc=_auroc(d["y"].to_numpy(), d["p"].to_numpy()) if ok else float("nan"),
-                       flag_rate=thr["flag_rate"],
-                       sensitivity=thr["sensitivity"] if ev >= min_cell else float("nan"),
-                       suppressed=False)
-        rows.append(row)
-    return pd.DataFrame(rows)

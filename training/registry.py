@@ -33,9 +33,11 @@ MIN_GATE_CLIENTS = 100  # held-out clients with a known outcome needed to decide
 
 
 
-def log_bundle(bundle, input_example: pd.DataFrame) -> mlflow.models.model.ModelInfo:
+def log_bundle(bundle, input_example: pd.DataFrame, params: dict | None = None,
+               tags: dict | None = None) -> mlflow.models.model.ModelInfo:
     """Log the bundle as a pyfunc in the active run (signature + example from the cohort:
-    every contract column it has, the item answers included)."""
+    every contract column it has, the item answers included). ``params`` and ``tags`` go on
+    the logged model's own record (MLflow 3's LoggedModel), which `ontrack compare` searches."""
     model = OnTrackModel(bundle)
     cols = [c for c in (*INPUT_COLUMNS, *OPTIONAL_COLUMNS)
             if c in input_example.columns and input_example[c].notna().any()]
@@ -44,7 +46,30 @@ def log_bundle(bundle, input_example: pd.DataFrame) -> mlflow.models.model.Model
         name="model", python_model=model, signature=signature(model.predict(None, example)),
         input_example=example,
         code_paths=[str(REPO_ROOT / "features"), str(REPO_ROOT / "models")],
-        pip_requirements=model_requirements())
+        pip_requirements=model_requirements(), params=params, tags=tags,
+        model_type="classifier")
+
+
+def describe_version(version: str, card: dict, decision: GateDecision, model_id: str) -> None:
+    """The registered version's description (the model card in short) and its tags (the
+    gate's result and the logged model's id), so the registry page says what it is."""
+    client = MlflowClient()
+    lines = [f"**{card['name']}**: {card['intended_use']}", "",
+             f"Outcome: {card['outcome_definition']}", ""]
+    for inst, v in card.get("validation", {}).items():
+        s3 = [r for r in v.get("by_session", []) if r.get("session") == 3]
+        if s3 and s3[0].get("auroc") is not None:
+            r = s3[0]
+            lines.append(f"- {inst}: {v['model']}, AUROC as of session 3 {r['auroc']:.3f} "
+                         f"[{r['auroc_lo']:.3f}, {r['auroc_hi']:.3f}] ({v['method']})")
+    lines += ["", f"Gate: {decision.reason}", "",
+              "Limits: " + " ".join(card.get("limits", []))]
+    client.update_model_version(MODEL_NAME, version, description="\n".join(lines))
+    for k, v in {"gate.promote": str(decision.promote), "gate.reason": decision.reason,
+                 "gate.baseline": decision.baseline, "model_id": model_id,
+                 "gate.auroc_diff": f"{decision.auroc_diff:.4f}",
+                 "gate.auroc_diff_lo": f"{decision.auroc_diff_lo:.4f}"}.items():
+        client.set_model_version_tag(MODEL_NAME, version, k, v)
 
 
 def register(model_uri: str, tags: dict[str, str] | None = None) -> str:
@@ -111,6 +136,26 @@ def gate(challenger_p: np.ndarray, baseline_p: np.ndarray, hold: TrainingRows,
     return GateDecision(ok_auc and ok_brier, reason + f" ({n_clients} held-out clients)",
                         baseline, diff.value, diff.lo, diff.hi, float(brier), n_clients,
                         int(mask.sum()))
+
+
+def logged_model_id(model_uri: str) -> str:
+    """The logged model's id (``m-...``) behind ``models:/name@alias`` or
+    ``models:/name/version``: the registered version's ``model_id`` (its source URI
+    ``models:/m-...`` where the store leaves the field empty)."""
+    client = MlflowClient()
+    ref = model_uri.removeprefix("models:/")
+    if ref.startswith("m-"):
+        return ref
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        name, version = ref.rsplit("/", 1)
+        mv = client.get_model_version(name, version)
+    mid = getattr(mv, "model_id", None) or (mv.source or "").removeprefix("models:/")
+    if not mid.startswith("m-"):
+        raise LookupError(f"{model_uri} has no logged model record (source {mv.source})")
+    return mid
 
 
 def set_champion(version: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import warnings
 from pathlib import Path
 
 # the store's set-up lives with the one loader (serving's batch scoring uses it too)
@@ -42,6 +43,27 @@ def data_sha256(path: Path) -> str:
     files = sorted(p for p in path.iterdir() if p.suffix in {".csv", ".parquet"}
                    and p.stem != "truth") if path.is_dir() else [path]
     return file_sha256(files)
+
+
+def evaluation_dataset(rows_by_instrument: dict, name: str, source: str):
+    """An MLflow dataset (`mlflow.data`) for the rows a set of metrics was measured on:
+    instrument, session, the outcome and a hash of the client id per row (never the id). Its
+    digest identifies exactly these rows; the tracking store keeps the digest, the column
+    schema and the row count, not the values."""
+    import mlflow.data
+    import pandas as pd
+
+    frames = [pd.DataFrame({
+        "instrument": inst,
+        "client_hash": pd.util.hash_array(rows.keys["client_id"].to_numpy(dtype=object),
+                                          categorize=False).astype("int64"),
+        "session": rows.keys["session"].to_numpy(dtype="int64"),
+        "outcome": rows.failed}) for inst, rows in rows_by_instrument.items()]
+    frame = pd.concat(frames, ignore_index=True)
+    with warnings.catch_warnings():  # a local path matches two equivalent source types
+        warnings.filterwarnings("ignore", message="The specified dataset source")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        return mlflow.data.from_pandas(frame, source=source, name=name, targets="outcome")
 
 
 def git_commit() -> str:

@@ -32,8 +32,8 @@ from training.evaluate import (
     decision_curves,
     deterioration_view,
     same_rows_vs_oracle,
-    subgroups,
 )
+from training.external import flags_by_subgroup, risk_by_subgroup
 from training.flag_eval import PolicyEvaluation, evaluate_on, oracle_clients, oracle_p
 from training.pipeline import (
     LABELS,
@@ -52,6 +52,7 @@ from training.pipeline import (
 from training.registry import (
     GateDecision,
     champion_version,
+    describe_version,
     feature_version_ok,
     gate,
     load_bundle,
@@ -59,7 +60,14 @@ from training.registry import (
     register,
     set_champion,
 )
-from training.tracking import EXPERIMENT, MODEL_NAME, configure, data_sha256, git_commit
+from training.tracking import (
+    EXPERIMENT,
+    MODEL_NAME,
+    configure,
+    data_sha256,
+    evaluation_dataset,
+    git_commit,
+)
 
 log = structlog.get_logger("ontrack.train")
 Progress = Callable[[str], None]
@@ -75,8 +83,10 @@ class InstrumentReport:
     vs_oracle: pd.DataFrame | None
     deterioration: pd.DataFrame
     dropout: pd.DataFrame | None
-    subgroups: pd.DataFrame
+    subgroups: object | None  # training.fairness.FairnessResult: risk as of session 3, OOF
     flags: PolicyEvaluation | None = None
+    flag_subgroups: object | None = None  # the same for the flag policy, on the hold-out
+    band_coverage: pd.DataFrame | None = None  # the expected-course bands, on the hold-out
 
 
 @dataclass
@@ -219,7 +229,9 @@ def _report_instrument(cohort: Cohort, rows: TrainingRows, settings: Settings, t
     report = InstrumentReport(
         instrument=inst, models=names, notes=notes, comparison=cmp, external=external,
         vs_oracle=vs_oracle, deterioration=deterioration_view(dev, oof),
-        dropout=dropout, subgroups=subgroups(dev, oof, served))
+        dropout=dropout, subgroups=risk_by_subgroup(dev, oof[f"p_{served}"].to_numpy(),
+                                                    oof[f"flag_{served}"].to_numpy(), n_boot,
+                                                    settings.seed))
     extras = {"oof": oof, "oracle": oracle, "traj": traj,
               "curves": decision_curves(dev, oof, oracle)}
     return report, dev, hold, extras
@@ -292,6 +304,7 @@ def train(cohort: Cohort, data_path: Path | None, settings: Settings | None = No
         "holdout_fraction": str(HOLDOUT_FRACTION), "permuted_labels": str(permute_labels),
         "n_clients": str(cohort.n_clients), "target": settings.target,
         "flag_budget": str(settings.flag_budget),
+        **_date_range(cohort),
     }
     reports, fitted, holds = {}, {}, {}
     with mlflow.start_run(run_name=f"train {dt.datetime.now():%Y-%m-%d %H:%M}") as run:
@@ -314,12 +327,21 @@ def train(cohort: Cohort, data_path: Path | None, settings: Settings | None = No
             report.flags = evaluate_flags(cohort, model, dev, hold, truth, n_boot,
                                           settings.seed)
             _log_flags(report.flags, model, inst)
+            progress(f"{inst}: subgroups and band coverage on held-out clients")
+            report.flag_subgroups = flags_by_subgroup(hold, report.flags, n_boot,
+                                                      settings.seed)
+            report.band_coverage = _band_coverage(cohort, model, hold)
+            _log_table(report.band_coverage, f"band_coverage_{inst}")
+            for name, res in (("subgroups", report.subgroups),
+                              ("flag_subgroups", report.flag_subgroups)):
+                if res is not None:
+                    _log_table(res.table, f"{name}_{inst}")
+                    _log_table(res.gaps, f"{name}_gaps_{inst}")
             _log_table(report.comparison, f"comparison_{inst}")
             _log_table(report.external, f"leave_clinics_out_{inst}")
             _log_table(report.vs_oracle, f"vs_oracle_{inst}")
             _log_table(report.deterioration, f"deterioration_{inst}")
             _log_table(report.dropout, f"dropout_{inst}")
-            _log_table(report.subgroups, f"subgroups_{inst}")
             y, t = dev.failed, dev.keys["session"].to_numpy()
             for name, fig in (
                 ("roc_s3", plots.roc_plot(y, t, extras["oof"], extras["oracle"], 3)),
@@ -345,19 +367,102 @@ def train(cohort: Cohort, data_path: Path | None, settings: Settings | None = No
             return result
         progress("logging and registering the bundle")
         example = _input_example(cohort, holds)
-        info = log_bundle(bundle, example)
+        info = log_bundle(bundle, example, params=_model_params(settings, n_boot),
+                          tags={"instruments": ",".join(fitted),
+                                **{f"provenance.{k}": v for k, v in provenance.items()}})
         version = register(info.model_uri, tags={"feature_version": FEATURE_VERSION,
                                                  "permuted_labels": str(permute_labels)})
         result.version = version
+        source = str(data_path) if data_path else "in-memory"
+        dev_ds = evaluation_dataset({i: d for i, (d, _) in holds.items()},
+                                    "development clients (cross-validated)", source)
+        hold_ds = evaluation_dataset({i: h for i, (_, h) in holds.items()},
+                                     "promotion hold-out clients", source)
+        mlflow.log_input(dev_ds, context="training")
+        mlflow.log_input(hold_ds, context="evaluation")
+        # the model's own record: cross-validated figures on the development clients, the
+        # flag policy's and the gate's on the hold-out, each with its dataset's digest
+        mlflow.log_metrics(_headline(reports), model_id=info.model_id, dataset=dev_ds)
+        mlflow.log_metrics(_held_out(reports), model_id=info.model_id, dataset=hold_ds)
         decision = _gate(bundle, holds, settings, progress)
-        mlflow.log_metrics({k: v for k, v in decision.metrics().items() if np.isfinite(v)})
+        gate_metrics = {k: v for k, v in decision.metrics().items() if np.isfinite(v)}
+        mlflow.log_metrics(gate_metrics)
+        mlflow.log_metrics(gate_metrics, model_id=info.model_id, dataset=hold_ds)
         mlflow.set_tag("gate.reason", decision.reason)
+        describe_version(version, card, decision, info.model_id)
         if decision.promote:
             set_champion(version)
         result.decision = decision
         log.info("trained", run_id=run.info.run_id, version=version,
                  promoted=decision.promote)
     return result
+
+
+#: Per-session figures of the served risk model logged on its model record.
+HEADLINE = ("auroc", "auprc", "brier", "cal_slope", "cal_intercept")
+#: The flag policy's figures on the hold-out, logged on the model record.
+HELD_OUT_FLAGS = ("deteriorators_s3", "non_improvers_s3", "improvers_s3", "ppv_s3",
+                  "flags_per_100")
+
+
+def _band_coverage(cohort: Cohort, model, hold: TrainingRows) -> pd.DataFrame | None:
+    """Coverage of the expected-course bands (empirical and conformal) per session on the
+    held-out clients, whose courses the band was not calibrated on."""
+    from training.conformal_eval import coverage_table
+
+    if getattr(model, "band", None) is None or not len(hold):
+        return None
+    ids = set(pd.unique(hold.groups))
+    return coverage_table(model, cohort.sessions[cohort.sessions["client_id"].isin(ids)])
+
+
+def _date_range(cohort: Cohort) -> dict[str, str]:
+    """The first and last session date of the cohort (TRIPOD+AI's item 5b), if it has
+    dates."""
+    if "date" not in cohort.sessions.columns:
+        return {}
+    d = pd.to_datetime(cohort.sessions["date"], errors="coerce").dropna()
+    if not len(d):
+        return {}
+    return {"first_date": d.min().date().isoformat(), "last_date": d.max().date().isoformat()}
+
+
+def _model_params(settings: Settings, n_boot: int) -> dict[str, str]:
+    return {"seed": settings.seed, "n_folds": settings.n_folds, "target": settings.target,
+            "flag_budget": settings.flag_budget, "n_neighbors": settings.n_neighbors,
+            "n_boot": n_boot, "feature_version": FEATURE_VERSION,
+            **{f"gbm_{k}": v for k, v in settings.gbm.items()}}
+
+
+def _headline(reports: dict[str, InstrumentReport]) -> dict[str, float]:
+    """The served model's cross-validated figures per instrument and session (with their
+    95% interval bounds), e.g. ``PHQ-9_auroc_s3``, ``PHQ-9_auroc_s3_lo``."""
+    out = {}
+    for inst, r in reports.items():
+        served = "gbm" if "gbm" in r.models else "logistic"
+        for row in r.comparison[r.comparison["model"] == served].to_dict("records"):
+            for k in HEADLINE:
+                for suf in ("", "_lo", "_hi"):
+                    v = row.get(k + suf)
+                    if v is not None and np.isfinite(v):
+                        out[f"{inst}_{k}_s{int(row['session'])}{suf}"] = float(v)
+    return out
+
+
+def _held_out(reports: dict[str, InstrumentReport]) -> dict[str, float]:
+    """The learned flag policy's figures on the hold-out clients, e.g.
+    ``PHQ-9_flag_improvers_s3``."""
+    out = {}
+    for inst, r in reports.items():
+        if r.flags is None:
+            continue
+        t = r.flags.table.set_index("policy")
+        if "learned" in t.index:
+            for k in HELD_OUT_FLAGS:
+                v = t.loc["learned", k]
+                if v is not None and np.isfinite(v):
+                    out[f"{inst}_flag_{k}"] = float(v)
+    return out
 
 
 def evaluate_flags(cohort: Cohort, model, dev: TrainingRows, hold: TrainingRows, truth,
