@@ -344,6 +344,9 @@ def test_the_champions_record_carries_its_metrics_with_the_dataset_digest(traine
     cohort = trained["cohort"]
     version = trained["first"].version
     model_id = logged_model_id(f"models:/ontrack-not-risk/{version}")
+    champion = mlflow.get_logged_model(logged_model_id("models:/ontrack-not-risk@champion"))
+    assert {m.key for m in champion.metrics if m.dataset_digest} >= {
+        "PHQ-9_auroc_s3", "PHQ-9_auroc_s3_lo", "PHQ-9_auroc_s3_hi", "gate_auroc_diff"}
     lm = mlflow.get_logged_model(model_id)
     dev, hold = split_for_gate(build_rows(cohort, "PHQ-9"))
     source = str(trained["cohort"].source) if trained["cohort"].source else "in-memory"
@@ -383,3 +386,18 @@ def test_a_small_cohort_on_another_instrument_gets_a_too_small_section(trained, 
     from training.tripod import missing_items
 
     assert missing_items(md) == []
+
+
+def test_the_committed_example_report_has_every_item():
+    """docs/reports/tripod_example: the `make run` champion's report, as committed."""
+    from pathlib import Path
+
+    from training.tripod import missing_items
+
+    folder = Path(__file__).parent.parent / "docs" / "reports" / "tripod_example"
+    md = (folder / "report.md").read_text()
+    assert missing_items(md) == []
+    assert "PHQ-9" in md and "GAD-7" in md  # both instruments of the make-run bundle
+    for link in __import__("re").findall(r"\]\((report_files/[^)]+\.png)\)", md):
+        assert (folder / link).exists(), link
+    assert (folder / "report.html").stat().st_size > 100_000  # plots embedded

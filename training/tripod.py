@@ -286,7 +286,7 @@ def evaluation_markdown(ev: Evaluation, plot_dir: Path, rel: Path | None = None,
     h = "#" * level
     plot_dir.mkdir(parents=True, exist_ok=True)
     rel = rel or plot_dir.parent
-    lines = [f"Model `{ev.model_uri}` (version {ev.model_version}) on {ev.n_clients} "
+    lines = [f"Model `{ev.model_uri}` (version {ev.model_version}) on {ev.n_clients:,} "
              f"clients (data SHA-256 `{ev.data_sha256[:12]}…`), without retraining.", ""]
     for inst, why in ev.not_covered.items():
         lines += [f"**{inst}: not evaluated.** {why[0].upper()}{why[1:]}.", ""]
@@ -307,8 +307,9 @@ def _instrument_sections(e: InstrumentEvaluation, plot_dir: Path, rel: Path,
     inst = e.instrument
     h, h2 = "#" * level, "#" * (level + 1)
     lines = [f"{h} {inst}", "",
-             f"{e.n_clients} clients scored; {e.n_known} with a known outcome as of session "
-             f"{AT_SESSION} ({e.events} not reliably improved by the end of care).", ""]
+             f"{e.n_clients:,} clients scored; {e.n_known:,} with a known outcome as of "
+             f"session {AT_SESSION} ({e.events:,} not reliably improved by the end of care).",
+             ""]
     small = _too_small(e.sample_size)
     if small:
         lines += [f"{h2} {inst}: too small for a precise validation", "",
@@ -419,7 +420,7 @@ def build_items(rec: ModelRecord, ev: Evaluation, cohort: Cohort, out: Path,
                    f"`{prov.get('data_sha256', '?')[:16]}…`), "
                    + ("simulated by OnTrack's simulator (docs/simulator.md): not evidence of "
                       "clinical performance. " if simulated else "")
-                   + f"Evaluation: {ev.n_clients} clients (SHA-256 `{ev.data_sha256[:16]}…`)."
+                   + f"Evaluation: {ev.n_clients:,} clients (SHA-256 `{ev.data_sha256[:16]}…`)."
                    + (" Datasets on the model's MLflow record: "
                       + "; ".join(f"{n} (digest `{d}`)" for n, d in rec.datasets) + "."
                       if rec.datasets else ""))
