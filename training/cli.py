@@ -326,7 +326,8 @@ def evaluate(
         console.print(f"[yellow]{inst}: not evaluated[/yellow]: {why}")
     if not ev.instruments:
         console.print("[bold]Too small, and not covered[/bold]: had the model covered this "
-                      "cohort, a validation on it could be this precise (Riley et al. 2024):")
+                      "cohort, a validation on it could be this precise (Riley et al. 2024; "
+                      "outcome events in brackets at the development outcome share):")
         for c in ev.sample_size:
             console.print(f"  - {c.sentence}")
     for inst, e in ev.instruments.items():

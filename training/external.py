@@ -59,6 +59,7 @@ class InstrumentEvaluation:
     n_clients: int = 0
     n_known: int = 0  # clients with a known outcome at AT_SESSION
     events: int = 0
+    flags_budget: float = 0.3  # the flag policy's budget (its plot marks it)
 
     def figures(self) -> dict[str, object]:
         """The plots (matplotlib figures) by name; the caller closes them."""
@@ -71,8 +72,6 @@ class InstrumentEvaluation:
             out["flag_policy_s3"] = plots.flag_curve_plot(self.flags.curves, self.flags.table,
                                                           self.flags_budget)
         return out
-
-    flags_budget: float = 0.3
 
 
 @dataclass

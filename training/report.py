@@ -51,6 +51,8 @@ def logged_models(client: MlflowClient, max_results: int = 20) -> pd.DataFrame:
             if metric.dataset_digest is None:
                 continue
             key = metric.key
+            if key.startswith("external_"):  # evaluations on other cohorts: their own runs
+                continue
             if key.endswith("_auroc_s3") or key in {"gate_auroc_diff", "gate_promote"}:
                 row[key] = metric.value
                 digests.add(metric.dataset_digest)
