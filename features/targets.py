@@ -22,6 +22,17 @@ sessions; `features.change.nhs_outcomes`):
 rule for ``failed_nhs``); `dropped_out` = 1 when `end_status == "dropout"`, 0 for `finished`,
 missing for `ongoing`.
 
+The adaptation recommender's outcomes (not ``--target`` choices):
+
+``reliably_improved``: the last score is better than intake by at least the instrument's
+  reliable-change threshold (PHQ-9: a fall of 6 or more). `improved_by_end` gives it per
+  client from the sessions, missing for a client still in care, with the same change in
+  reliable-change units.
+``recovered``: reliable improvement that also leaves the clinical range (Jacobson & Truax 1991;
+  `features.change.classify`).
+
+Imports features only.
+
 Sources: NHS Talking Therapies manual (reliable improvement on PHQ-9 = a fall of >= 6 points,
 GAD-7 >= 4; caseness PHQ-9 >= 10, GAD-7 >= 8), Jacobson & Truax 1991.
 """
@@ -31,7 +42,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.change import clinical, first_last, nhs_outcomes, paired_first_last, rc_units
+from features.change import (
+    Change,
+    classify,
+    clinical,
+    first_last,
+    nhs_outcomes,
+    paired_first_last,
+    rc_units,
+    reliable_change,
+)
 
 TARGETS: dict[str, str] = {
     "failed": "not reliably improved on the instrument by the end of care",
@@ -78,6 +98,33 @@ def targets(sessions: pd.DataFrame, clients: pd.DataFrame | None = None,
         dropped = np.select([status == "dropout", status == "finished"], [1.0, 0.0], np.nan)
     return pd.DataFrame({"failed": failed, "deteriorated": deteriorated,
                          "dropped_out": dropped}, index=ids)
+
+
+def reliably_improved(pre, post, instrument: str) -> np.ndarray:
+    """True where ``post`` is a reliable improvement on ``pre`` (False where either is NaN)."""
+    return reliable_change(pre, post, instrument) == 1
+
+
+def recovered(pre, post, instrument: str) -> np.ndarray:
+    """True where ``post`` is a reliable improvement on ``pre`` that leaves the clinical range."""
+    return classify(pre, post, instrument) == Change.RECOVERED
+
+
+def improved_by_end(sessions: pd.DataFrame, clients: pd.DataFrame | None, ids,
+                    instrument: str = "PHQ-9") -> tuple[np.ndarray, np.ndarray]:
+    """Per client of ``ids``: 1 reliably improved by the end (intake to last score), 0 not,
+    NaN unknown (ongoing); and the intake-to-last improvement in reliable-change units, NaN
+    unknown."""
+    prim = sessions.loc[sessions["instrument"] == instrument].sort_values(
+        ["client_id", "session"], kind="stable").groupby("client_id")["score"]
+    first, last = prim.first().reindex(ids), prim.last().reindex(ids)
+    y = reliably_improved(first.to_numpy(float), last.to_numpy(float), instrument).astype(float)
+    imp = rc_units(first.to_numpy(float), last.to_numpy(float), instrument)
+    if clients is not None and len(clients):
+        status = clients.set_index("client_id")["end_status"].reindex(ids).astype(object)
+        y[(status == "ongoing").to_numpy()] = np.nan
+        imp[(status == "ongoing").to_numpy()] = np.nan
+    return y, imp
 
 
 def eligible_at_intake(intake: np.ndarray, instrument: str, target: str = "failed",

@@ -17,7 +17,7 @@ from models.recommender import (
     UpliftGBM,
     wilson,
 )
-from training.recommend_eval import build_decision_data, decision_sessions
+from training.recommendation.decisions import build_decision_data, decision_sessions
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_never_suggests_from_fewer_similar_cases_than_the_minimum(cls, data):
 
 
 def test_minimum_cannot_be_set_below_ten(data):
-    with pytest.raises(ValueError, match="at least 10"):
+    with pytest.raises(ValueError, match=r"min_similar.*\[10, inf\)"):
         _fit(NeighbourAdvantage, data, min_similar=MIN_SIMILAR - 1)
 
 
@@ -181,7 +181,7 @@ def test_information_limit_model_learns_the_true_effects(cohort, data):
     """The information-limit policy is supervised on the simulator's true effects: their
     argmax is truth.csv's best adaptation, and a model of them picks it far more often than
     chance (an out-of-fold half of the cohort)."""
-    from training.recommend_eval import info_limit_top, true_effects
+    from training.recommendation.policy import info_limit_top, true_effects
 
     eff = true_effects(cohort, data)
     best = cohort.truth.set_index("client_id")["best_adaptation"].reindex(
@@ -198,13 +198,13 @@ def test_information_limit_model_learns_the_true_effects(cohort, data):
 
 @pytest.fixture(scope="module")
 def small_report():
-    from training.recommend_eval import evaluate_policies
+    from training.recommendation.policy import evaluate_policies
 
     return evaluate_policies(4000, seed=5, n_folds=2)
 
 
 def test_policy_evaluation_small_cohort(small_report):
-    from training.recommend_eval import evaluate_policies
+    from training.recommendation.policy import evaluate_policies
 
     rep = small_report
     v = {r.policy: r.value for r in rep.results}
@@ -225,7 +225,7 @@ def test_policy_evaluation_small_cohort(small_report):
 def test_policy_evaluation_without_the_checklist_blanks_it_for_everyone():
     """--no-checklist: no policy or model sees the checklist, so the rules are the rules
     without it and the models' rows carry no rating."""
-    from training.recommend_eval import evaluate_policies
+    from training.recommendation.policy import evaluate_policies
 
     rep = evaluate_policies(2500, seed=6, n_folds=2, checklist=False)
     assert rep.params["checklist"] is False
@@ -239,7 +239,8 @@ def test_policy_values_are_logged_to_mlflow_beside_the_risk_models(small_report,
     closed per learned recommender, the table and the plot as artifacts."""
     from mlflow.tracking import MlflowClient
 
-    from training.recommend_eval import LEARNED, log_to_mlflow
+    from training.recommendation.picks import LEARNED
+    from training.recommendation.tracking import log_to_mlflow
     from training.tracking import EXPERIMENT, configure
 
     monkeypatch.setenv("ONTRACK_MLFLOW_DIR", str(tmp_path / "mlflow"))
@@ -343,7 +344,7 @@ def test_bundle_serves_learned_suggestions_with_their_comparison(tmp_path):
 def test_doubly_robust_score_by_hand():
     """With no outcome model the score is inverse-propensity weighting; with an outcome model
     that is right for every option the weights only add mean-zero noise."""
-    from training.recommend_eval import dr_scores
+    from training.recommendation.offpolicy import dr_scores
 
     y = np.array([1.0, 0.0, 1.0, 1.0])
     received = np.array([0, 1, 1, 2])
@@ -359,7 +360,7 @@ def test_doubly_robust_score_by_hand():
 
 @pytest.fixture(scope="module")
 def observational(cohort):
-    from training.recommend_eval import evaluate_cohort
+    from training.recommendation.offpolicy import evaluate_cohort
 
     return evaluate_cohort(cohort.sessions, cohort.clients, cohort.adaptations, n_folds=3,
                            seed=2)
@@ -369,7 +370,7 @@ def test_doubly_robust_values_agree_with_the_counterfactuals(cohort, observation
     """A clinic's data has no counterfactuals; on a simulated cohort they exist, so the
     doubly robust estimates (fitted propensities, cross-fitted outcome model) can be checked
     against the exact values of the same choices for the same clients."""
-    from training.recommend_eval import counterfactual_matrices
+    from training.recommendation.policy import counterfactual_matrices
 
     rep = observational
     assert rep.params["propensities"] == "fitted"

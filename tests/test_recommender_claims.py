@@ -18,7 +18,8 @@ from models.recommender import (
     Recommendation,
     RLearnerUplift,
 )
-from training.recommend_eval import build_decision_data, rule_top
+from training.recommendation.decisions import build_decision_data
+from training.recommendation.picks import rule_top
 
 
 def _decisions(n: int, seed: int, scenario: str):

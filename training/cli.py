@@ -281,6 +281,7 @@ def train(
 ) -> None:
     """Cross-validate and compare all models, fit the bundle, log to MLflow, register, gate."""
     from features.targets import TARGETS
+    from models.base import CalibrationError
     from training.pipeline import Settings, TooLittleDataError
     from training.train import train as run_training
 
@@ -293,7 +294,7 @@ def train(
         cohort, data, Settings(seed=seed, n_folds=folds, n_neighbors=neighbours,
                                target=target, flag_budget=flag_budget),
         instruments=instrument or None, n_boot=bootstrap, register_model=register,
-        permute_labels=permute_labels, progress=progress), errors=(TooLittleDataError,))
+        permute_labels=permute_labels, progress=progress), errors=(TooLittleDataError, CalibrationError))
     print_training_report(result)
     console.print(f"MLflow run {result.run_id}")
 
@@ -507,13 +508,9 @@ def recommend_eval(
     """Policy value of the learned adaptation suggestions against the rules, a random choice
     and the oracle, on a simulated cohort's counterfactual outcomes; or, with --data, on a
     cohort's own records (docs/recommender.md)."""
-    from training.recommend_eval import (
-        CLAIMED,
-        LEARNED,
-        POLICY_SHORT,
-        evaluate_policies,
-        log_to_mlflow,
-    )
+    from training.recommendation.picks import CLAIMED, LEARNED, POLICY_SHORT
+    from training.recommendation.policy import evaluate_policies
+    from training.recommendation.tracking import log_to_mlflow
     from training.simulate.scenarios import SCENARIOS
 
     if scenario not in SCENARIOS:
@@ -571,11 +568,9 @@ def recommend_eval(
 
 
 def _recommend_eval_on_data(path: Path, seed: int, folds: int, log: bool) -> None:
-    from training.recommend_eval import (
-        POLICY_SHORT,
-        evaluate_cohort,
-        log_off_policy_to_mlflow,
-    )
+    from training.recommendation.offpolicy import evaluate_cohort
+    from training.recommendation.picks import POLICY_SHORT
+    from training.recommendation.tracking import log_off_policy_to_mlflow
 
     cohort, _ = load_or_exit(path)
     with _progress() as bar:

@@ -20,6 +20,7 @@ from features.contract import Cohort
 from features.instruments import get
 from features.pointintime import DEFAULT_AT
 from features.targets import NHS_INSTRUMENTS, check_target
+from models.base import MIN_TRAINING_CASES, CalibrationError, InsufficientDataError
 from models.baseline import LogisticRisk
 from models.bundle import Bundle, InstrumentModels, Population
 from models.conformal import ConformalBand
@@ -27,7 +28,7 @@ from models.expected import ExpectedResponse, trajectory_points
 from models.expected_risk import ExpectedResponseRisk
 from models.flag import BY_SESSION, DEFAULT_BUDGET, FlagPolicy, Outcomes, fit_policy
 from models.neighbours import NeighbourNavigator
-from models.risk import MIN_TRAINING_CASES, GBMRisk, InsufficientDataError
+from models.risk import GBMRisk
 from training.dataset import TrainingRows, build_rows, holdout_mask, outcome_instruments
 from training.evaluate import LABELS  # noqa: F401  (the models' display names)
 
@@ -78,8 +79,8 @@ def _threshold(model, rows: TrainingRows, y: np.ndarray) -> float:
     """The stored threshold; the navigator's is chosen on its training rows (self excluded)."""
     if hasattr(model, "threshold_"):
         return float(model.threshold_)
+    from models.base import choose_threshold
     from models.neighbours import reference_positions
-    from models.risk import choose_threshold
 
     keep = np.isfinite(y)
     p = model.predict_proba(rows.X, exclude=reference_positions(rows.groups))[:, 1]
@@ -212,7 +213,7 @@ def fit_instrument(cohort: Cohort, rows: TrainingRows, settings: Settings,
             dname = "gbm" if "gbm" in dnames else "logistic"
             dropout = _fit(_factory(dname, inst, "dropped_out", settings), rows,
                            rows.dropped_out, None)
-        except (TooLittleDataError, InsufficientDataError):
+        except (TooLittleDataError, InsufficientDataError, CalibrationError):
             dropout = None
     # the expected course is fitted on the training clients' whole observed courses
     # (sessions 1..20), not only the rows as of sessions 1..6
@@ -228,7 +229,7 @@ def fit_instrument(cohort: Cohort, rows: TrainingRows, settings: Settings,
     _threshold(navigator, rows, rows.failed)
     models = InstrumentModels(instrument=inst, expected=expected, failure=failure,
                               dropout=dropout, navigator=navigator, population=population(rows),
-                              recommender=fit_recommender(cohort, rows, settings),
+                              recommender=fit_bundle_recommender(cohort, rows, settings),
                               target=rows.target)
     models.flag_policy = fit_flag_policy(cohort, rows, models, settings)
     models.band = fit_band(cohort, rows, models)
@@ -288,14 +289,13 @@ def fit_flag_policy(cohort: Cohort, rows: TrainingRows, models: InstrumentModels
 MIN_DECISION_ROWS = 1000
 
 
-def fit_recommender(cohort: Cohort, rows: TrainingRows, settings: Settings):
-    """The learned adaptation suggestions (models/recommender.py), fitted on the training
+def fit_bundle_recommender(cohort: Cohort, rows: TrainingRows, settings: Settings):
+    """The learned adaptation suggestions (models/recommender/), fitted on the training
     clients' decision rows with fitted propensities; None when the cohort has no adaptation rows
     or too few cases (the service then shows the rule-based suggestions only)."""
     if cohort.adaptations is None or not len(cohort.adaptations):
         return None
-    from models.recommender import RLearnerUplift
-    from training.recommend_eval import build_decision_data
+    from training.recommendation.decisions import build_decision_data, fit_recommender
 
     own = set(rows.keys["client_id"])
     s = cohort.sessions[cohort.sessions["client_id"].isin(own)]
@@ -305,8 +305,7 @@ def fit_recommender(cohort: Cohort, rows: TrainingRows, settings: Settings):
         if np.isfinite(data.outcome).sum() < MIN_DECISION_ROWS:
             return None
         # the best learned recommender in `ontrack recommend-eval` (docs/recommender.md)
-        return RLearnerUplift(instrument=rows.instrument, random_state=settings.seed).fit(
-            data.X, data.treatment, data.outcome, data.propensity, improvement=data.improvement)
+        return fit_recommender("r_learner", data, settings.seed)
     except ValueError:  # too few clients received some option, or no decision rows
         return None
 
