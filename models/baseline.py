@@ -10,6 +10,7 @@ no separate calibration step is applied.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
@@ -20,27 +21,39 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from models.expected import DEVIATION_COLUMN, ExpectedDeviation
-from models.risk import (
-    NOT_RISK_INPUTS,
-    _FeatureContract,
+from models.base import (
+    FeatureContract,
     binary_scores,
     canonical_order,
     choose_threshold,
     known_target,
     unpack_rows,
 )
+from models.expected import DEVIATION_COLUMN, ExpectedDeviation
+from models.risk import NOT_RISK_INPUTS
 
 
-class LogisticRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
+class LogisticRisk(FeatureContract, ClassifierMixin, BaseEstimator):
     """Median imputation + missing indicators + standardisation + logistic regression.
 
     ``fit(X, y, groups)`` as for `GBMRisk`; ``features`` selects model inputs (default: all
     feature columns except `models.risk.NOT_RISK_INPUTS`, plus ``expected_deviation``). No minimum-data guard beyond needing at
     least ``n_splits`` clients.
     """
+
+    # checked at the start of `fit`, before any work (scikit-learn's parameter validation)
+    _parameter_constraints: dict = {
+        "instrument": [str],
+        "features": ["array-like", None],
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "n_splits": [Interval(Integral, 2, None, closed="left")],
+        "threshold_rule": [StrOptions({"sensitivity", "youden"})],
+        "min_sensitivity": [Interval(Real, 0, 1, closed="both")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+    }
 
     def __init__(self, instrument: str = "PHQ-9", features: Sequence[str] | None = None,
                  C: float = 1.0, n_splits: int = 5, threshold_rule: str = "sensitivity",
@@ -67,6 +80,7 @@ class LogisticRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
         ])
 
     def fit(self, X, y, groups=None) -> LogisticRisk:
+        self._validate_params()
         frame, version, groups = unpack_rows(X, groups)
         if groups is None:
             raise ValueError("LogisticRisk.fit needs groups (a client id per row) for the "

@@ -33,10 +33,12 @@ stop at session 20). Everything is vectorised over arrays of clients.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from features.instruments import get
@@ -96,7 +98,41 @@ def _design(ic: np.ndarray, log_s: np.ndarray) -> np.ndarray:
     return np.column_stack([np.ones_like(ic), ic, log_s, ic * log_s])
 
 
-class ExpectedResponse(BaseEstimator):
+#: The course parameters as scikit-learn constraints.
+_COURSE_CONSTRAINTS: dict = {
+    "instrument": [str],
+    "n_strata": [Interval(Integral, 1, None, closed="left")],
+    "edges": ["array-like", None],
+    "min_stratum": [Interval(Integral, 1, None, closed="left")],
+    "min_cell": [Interval(Integral, 1, None, closed="left")],
+    "coverage": [Interval(Real, 0, 1, closed="neither")],
+    "max_session": [Interval(Integral, 1, None, closed="left")],
+    "session_window": [Interval(Integral, 0, None, closed="left")],
+}
+
+
+class _CourseParameters:
+    """The parameters `ExpectedResponse` and `ExpectedDeviation` share (documented on
+    `ExpectedResponse`), declared once."""
+
+    # checked at the start of `fit`, before any work (scikit-learn's parameter validation)
+    _parameter_constraints: dict = _COURSE_CONSTRAINTS
+
+    def __init__(self, instrument: str = "PHQ-9", n_strata: int = 5,
+                 edges: Sequence[float] | None = None, min_stratum: int = 100,
+                 min_cell: int = 30, coverage: float = 0.90, max_session: int = 20,
+                 session_window: int = 1):
+        self.instrument = instrument
+        self.n_strata = n_strata
+        self.edges = edges
+        self.min_stratum = min_stratum
+        self.min_cell = min_cell
+        self.coverage = coverage
+        self.max_session = max_session
+        self.session_window = session_window
+
+
+class ExpectedResponse(_CourseParameters, BaseEstimator):
     """Expected course of one instrument's score given the intake score (Finch et al. 2001).
 
     Parameters
@@ -113,24 +149,10 @@ class ExpectedResponse(BaseEstimator):
         the band from zig-zagging between adjacent sessions.
     """
 
-    def __init__(self, instrument: str = "PHQ-9", n_strata: int = 5,
-                 edges: Sequence[float] | None = None, min_stratum: int = 100,
-                 min_cell: int = 30, coverage: float = 0.90, max_session: int = 20,
-                 session_window: int = 1):
-        self.instrument = instrument
-        self.n_strata = n_strata
-        self.edges = edges
-        self.min_stratum = min_stratum
-        self.min_cell = min_cell
-        self.coverage = coverage
-        self.max_session = max_session
-        self.session_window = session_window
-
     # -------------------------------------------------------------------------------------
     def fit(self, X: pd.DataFrame, y=None) -> ExpectedResponse:
         """Fit on trajectory points: columns intake_score, session, score (or latest_score)."""
-        if not 0.0 < self.coverage < 1.0:
-            raise ValueError(f"coverage must be in (0, 1); got {self.coverage}")
+        self._validate_params()
         inst = get(self.instrument)
         intake, session, score = _as_points(X)
         keep = np.isfinite(intake) & np.isfinite(session) & np.isfinite(score) & (session >= 2)
@@ -249,7 +271,7 @@ class ExpectedResponse(BaseEstimator):
                              "boundary": boundary})
 
 
-class ExpectedDeviation(TransformerMixin, BaseEstimator):
+class ExpectedDeviation(TransformerMixin, _CourseParameters, BaseEstimator):
     """Pipeline step: fit an `ExpectedResponse` on the training rows, append `expected_deviation`.
 
     Input: feature rows with ``intake_score``, ``session`` and ``latest_score``. The appended
@@ -258,20 +280,8 @@ class ExpectedDeviation(TransformerMixin, BaseEstimator):
     held-out clients out of the expected curve.
     """
 
-    def __init__(self, instrument: str = "PHQ-9", n_strata: int = 5,
-                 edges: Sequence[float] | None = None, min_stratum: int = 100,
-                 min_cell: int = 30, coverage: float = 0.90, max_session: int = 20,
-                 session_window: int = 1):
-        self.instrument = instrument
-        self.n_strata = n_strata
-        self.edges = edges
-        self.min_stratum = min_stratum
-        self.min_cell = min_cell
-        self.coverage = coverage
-        self.max_session = max_session
-        self.session_window = session_window
-
     def fit(self, X: pd.DataFrame, y=None) -> ExpectedDeviation:
+        self._validate_params()
         self._check_input(X)
         params = {k: getattr(self, k) for k in ExpectedResponse().get_params()}
         self.expected_ = ExpectedResponse(**params).fit(

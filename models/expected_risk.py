@@ -8,17 +8,27 @@ refitted inside each fold together with the curve. It is the bar the first champ
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from models.base import choose_threshold, known_target, unpack_rows
 from models.expected import ExpectedDeviation
-from models.risk import choose_threshold, known_target, unpack_rows
 
 
 class ExpectedResponseRisk(ClassifierMixin, BaseEstimator):
+    # checked at the start of `fit`, before any work (scikit-learn's parameter validation)
+    _parameter_constraints: dict = {
+        "instrument": [str],
+        "threshold_rule": [StrOptions({"sensitivity", "youden"})],
+        "min_sensitivity": [Interval(Real, 0, 1, closed="both")],
+    }
+
     def __init__(self, instrument: str = "PHQ-9", threshold_rule: str = "sensitivity",
                  min_sensitivity: float = 0.80):
         self.instrument = instrument
@@ -32,6 +42,7 @@ class ExpectedResponseRisk(ClassifierMixin, BaseEstimator):
         return np.nan_to_num(d, nan=0.0)
 
     def fit(self, X, y, groups=None) -> ExpectedResponseRisk:
+        self._validate_params()
         frame, _, _ = unpack_rows(X, groups)
         y = known_target(y, len(frame))
         keep = np.isfinite(y)

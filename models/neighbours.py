@@ -33,15 +33,17 @@ Privacy: the fitted object contains patient-level trajectories (`model_card_note
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.neighbors import NearestNeighbors
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from features.instruments import get
-from models.risk import _FeatureContract, known_target, unpack_rows
+from models.base import FeatureContract, known_target, unpack_rows
 
 DEFAULT_MATCH_FEATURES: tuple[str, ...] = (
     "intake_severity",
@@ -97,7 +99,7 @@ def _quantiles_axis1(values: np.ndarray, probs: Sequence[float], min_count: int)
     return out
 
 
-class NeighbourNavigator(_FeatureContract, BaseEstimator):
+class NeighbourNavigator(FeatureContract, BaseEstimator):
     """k nearest archived clients -> expected course, failure boundary and risk.
 
     Parameters
@@ -111,6 +113,18 @@ class NeighbourNavigator(_FeatureContract, BaseEstimator):
     prior_strength : pseudo-clients at the base rate added to the neighbours' outcome rate.
     algorithm : passed to `sklearn.neighbors.NearestNeighbors` (auto, ball_tree, kd_tree).
     """
+
+    # checked at the start of `fit`, before any work (scikit-learn's parameter validation)
+    _parameter_constraints: dict = {
+        "instrument": [str],
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "match_features": ["array-like", None],
+        "coverage": [Interval(Real, 0, 1, closed="neither")],
+        "max_session": [Interval(Integral, 1, None, closed="left")],
+        "min_observed": [Interval(Integral, 1, None, closed="left")],
+        "prior_strength": [Interval(Real, 0, None, closed="left")],
+        "algorithm": [StrOptions({"auto", "ball_tree", "kd_tree", "brute"})],
+    }
 
     def __init__(self, instrument: str = "PHQ-9", n_neighbors: int = 50,
                  match_features: Sequence[str] | None = None, coverage: float = 0.90,
@@ -136,6 +150,7 @@ class NeighbourNavigator(_FeatureContract, BaseEstimator):
         (`trajectory_matrix`); when omitted, the scores in the feature rows are used.
         The ids are used to align inputs and then dropped.
         """
+        self._validate_params()
         frame, version, groups = unpack_rows(X, groups)
         if groups is None:
             raise ValueError("NeighbourNavigator.fit needs groups (a client id per row)")

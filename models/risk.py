@@ -9,14 +9,15 @@ Design (see also docs and shared/STACK.md):
   from folds grouped by client (`GroupKFold`; the deviation step is refitted inside each fold),
   then ONE booster refitted on all training rows. The calibrated logit is ``a * raw + b`` with
   ``a > 0``, so monotonicity survives and the TreeSHAP contributions scale exactly:
-  ``(a * base + b) + sum(a * phi_j) == calibrated logit``.
+  ``(a * base + b) + sum(a * phi_j) == calibrated logit``. A non-positive slope refuses the
+  model (`models.base.CalibrationError`).
 * **Threshold** (`threshold_`, the ``at_risk`` flag), chosen on the out-of-fold calibrated
   probabilities. Default rule ``"sensitivity"``: the HIGHEST threshold whose out-of-fold
   sensitivity is at least ``min_sensitivity`` (0.80), i.e. the most specific flag that still
   catches 4 in 5 clients who end up not improved. Rationale: a flag is a prompt for a
   conversation (a false alarm is cheap); an unflagged client who is going wrong is the costly
   error (Hannan et al. 2005). ``"youden"`` (maximise sensitivity + specificity - 1) is available.
-* **Minimum data**: fewer than `MIN_TRAINING_CASES` (300) clients with a known outcome raise
+* **Minimum data**: fewer than `models.base.MIN_TRAINING_CASES` (300) clients with a known outcome raise
   `InsufficientDataError` (Giesemann et al. 2023 found LightGBM needed about 300 training cases).
 * **Feature contract**: the fitted object stores the feature names and
   `features.pointintime.FEATURE_VERSION`; other input is refused with a readable diff
@@ -28,7 +29,6 @@ on a NumPy matrix, never the sklearn wrapper.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 
@@ -37,43 +37,26 @@ import pandas as pd
 from lightgbm import LGBMClassifier
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 from sklearn.model_selection import GroupKFold
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from features.instruments import get
-from features.pointintime import (
-    CHECKLIST_FEATURES,
-    FEATURE_NAMES,
-    FEATURE_VERSION,
-    FeatureFrame,
-    FeatureMismatchError,
-    check_features,
+from features.pointintime import CHECKLIST_FEATURES
+from models.base import (
+    MIN_TRAINING_CASES,
+    FeatureContract,
+    InsufficientDataError,
+    binary_scores,
+    canonical_order,
+    choose_threshold,
+    known_target,
+    platt,
+    unpack_rows,
 )
 from models.expected import DEVIATION_COLUMN, ExpectedDeviation
 
-__all__ = [
-    "MIN_TRAINING_CASES", "InsufficientDataError", "FeatureMismatchError", "GBMRisk",
-    "monotone_directions", "choose_threshold", "model_inputs", "NOT_RISK_INPUTS",
-]
-
-#: Giesemann et al. 2023 (n = 49,602): LightGBM needed about 300 training cases (clients).
-MIN_TRAINING_CASES = 300
-
-
-class InsufficientDataError(ValueError):
-    """Too few training cases (clients with a known outcome) to fit a model responsibly."""
-
-    def __init__(self, model: str, n_cases: int, minimum: int) -> None:
-        super().__init__(
-            f"{model} needs at least {minimum} training cases (clients with a known outcome); "
-            f"got {n_cases}. Below about {minimum} cases LightGBM risk models were not reliable "
-            "(Giesemann et al. 2023). Collect more data or use the expected-response signal only.")
-        self.n_cases = n_cases
-        self.minimum = minimum
-
+__all__ = ["GBMRisk", "monotone_directions", "model_inputs", "NOT_RISK_INPUTS"]
 
 # ---------------------------------------------------------------------------------------------
 # Monotone directions (+1: a higher value never lowers the risk; -1: never raises it)
@@ -134,86 +117,7 @@ def monotone_directions(target: str, instrument: str) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared helpers (also used by models.baseline)
-# ---------------------------------------------------------------------------------------------
-def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str = "sensitivity",
-                     min_sensitivity: float = 0.80) -> float:
-    """The at-risk threshold on out-of-fold probabilities (flag when p >= threshold).
-
-    ``"sensitivity"``: highest threshold with sensitivity >= ``min_sensitivity``.
-    ``"youden"``: threshold maximising sensitivity + specificity - 1.
-    """
-    fpr, tpr, thr = roc_curve(y, p)
-    thr = np.minimum(thr, 1.0)  # the first threshold is +inf ("flag nobody")
-    if rule == "sensitivity":
-        i = int(np.flatnonzero(tpr >= min_sensitivity)[0])
-    elif rule == "youden":
-        i = int(np.argmax(tpr - fpr))
-    else:
-        raise ValueError(f"unknown threshold rule {rule!r}; expected 'sensitivity' or 'youden'")
-    return float(thr[i])
-
-
-def binary_scores(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
-    flag = p >= threshold
-    pos, neg = y == 1, y == 0
-    return {
-        "auc": float(roc_auc_score(y, p)),
-        "brier": float(brier_score_loss(y, p)),
-        "sensitivity": float(flag[pos].mean()),
-        "specificity": float((~flag[neg]).mean()),
-        "flag_rate": float(flag.mean()),
-        "prevalence": float(y.mean()),
-    }
-
-
-def unpack_rows(X, groups=None) -> tuple[pd.DataFrame, str, np.ndarray | None]:
-    """(feature DataFrame, feature version, groups) from a FeatureFrame or a DataFrame.
-
-    A plain DataFrame is taken to be built by the installed feature code unless it says
-    otherwise in ``X.attrs["feature_version"]``.
-    """
-    if isinstance(X, FeatureFrame):
-        if groups is None:
-            groups = X.keys["client_id"].to_numpy()
-        return X.X, X.version, groups
-    if not isinstance(X, pd.DataFrame):
-        raise TypeError(f"expected feature rows as a DataFrame or FeatureFrame; got {type(X)}")
-    return X, str(X.attrs.get("feature_version", FEATURE_VERSION)), groups
-
-
-def known_target(y, n: int) -> np.ndarray:
-    y = np.asarray(y, dtype=float).ravel()
-    if len(y) != n:
-        raise ValueError(f"y has {len(y)} values for {n} feature rows")
-    return y
-
-
-def canonical_order(groups: np.ndarray, session: np.ndarray) -> np.ndarray:
-    """Row order by (client, session): fitting does not depend on the order rows arrive in."""
-    codes = pd.factorize(pd.Series(groups), sort=True)[0]
-    return np.lexsort((session, codes))
-
-
-class _FeatureContract:
-    """Mixin: store and check the feature version and names seen at fit."""
-
-    def _remember_features(self, X: pd.DataFrame, version: str) -> None:
-        check_features(FEATURE_VERSION, FEATURE_NAMES, version, list(X.columns))
-        self.feature_version_ = version
-        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
-        self.n_features_in_ = len(self.feature_names_in_)
-
-    def _checked(self, X) -> pd.DataFrame:
-        check_is_fitted(self, "feature_names_in_")
-        frame, version, _ = unpack_rows(X)
-        check_features(self.feature_version_, list(self.feature_names_in_), version,
-                       list(frame.columns))
-        return frame
-
-
-# ---------------------------------------------------------------------------------------------
-class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
+class GBMRisk(FeatureContract, ClassifierMixin, BaseEstimator):
     """LightGBM risk model with Platt calibration, exact calibrated-logit contributions and
     an out-of-fold threshold.
 
@@ -340,13 +244,7 @@ class GBMRisk(_FeatureContract, ClassifierMixin, BaseEstimator):
             M = self._matrix_with(dev, frame.iloc[test], names)
             oof[test] = clf.booster_.predict(M, raw_score=True, num_threads=self.n_jobs)
 
-        platt = LogisticRegression(C=np.inf).fit(oof[:, None], y.astype(int))
-        a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
-        if a <= 0:
-            warnings.warn(f"out-of-fold logits do not rank the outcome (Platt slope {a:.3g}); "
-                          "slope clipped to a small positive value to keep monotonicity",
-                          stacklevel=2)
-            a = 1e-6
+        a, b = platt(oof, y, f"{type(self).__name__} ({self.target}, {self.instrument})")
         p_oof = expit(a * oof + b)
         threshold = choose_threshold(y, p_oof, self.threshold_rule, self.min_sensitivity)
 

@@ -17,10 +17,11 @@ from sklearn.exceptions import NotFittedError
 
 from features.pointintime import FEATURE_NAMES, FeatureMismatchError, point_in_time
 from features.targets import targets
+from models.base import MIN_TRAINING_CASES, InsufficientDataError
 from models.baseline import LogisticRisk
 from models.expected import ExpectedDeviation, ExpectedResponse, trajectory_points
 from models.neighbours import NeighbourNavigator, reference_positions, trajectory_matrix
-from models.risk import MIN_TRAINING_CASES, GBMRisk, InsufficientDataError
+from models.risk import GBMRisk
 from models.signal import signal
 
 

@@ -33,7 +33,7 @@ def _this_sessions_store(mlflow_store):
 
 @pytest.fixture(scope="module")
 def trained(mlflow_store, sim_cohort_dir):
-    """Train once (real labels) -> version 1; then a permuted-label model -> version 2."""
+    """Train once (real labels) -> version 1; then with permuted labels (refused)."""
     from training.registry import champion_version, set_champion
     from training.train import train
 
@@ -42,10 +42,16 @@ def trained(mlflow_store, sim_cohort_dir):
     if champion_version() is None:  # the small cohort may not clear the gate: force it here
         set_champion(first.version)
     champion_before = champion_version()
-    second = train(cohort, sim_cohort_dir, FAST, instruments=["PHQ-9"], n_boot=30,
-                   permute_labels=True)
-    return {"cohort": cohort, "first": first, "second": second,
-            "champion_before": champion_before}
+    from mlflow.tracking import MlflowClient
+
+    from models.base import CalibrationError
+
+    versions_before = len(MlflowClient().search_model_versions("name='ontrack-not-risk'"))
+    with pytest.raises(CalibrationError) as refused:
+        train(cohort, sim_cohort_dir, FAST, instruments=["PHQ-9"], n_boot=30,
+              permute_labels=True)
+    return {"cohort": cohort, "first": first, "refused": refused.value,
+            "champion_before": champion_before, "versions_before": versions_before}
 
 
 def test_folds_are_disjoint_by_client(sim_cohort_dir):
@@ -75,16 +81,17 @@ def test_comparison_has_every_model_and_the_oracle(trained):
     assert (s3["auroc_lo"] <= s3["auroc"]).all() and (s3["auroc"] <= s3["auroc_hi"]).all()
 
 
-def test_permuted_labels_stay_candidate_and_champion_stays(trained):
-    from training.registry import champion_version
-
-    second = trained["second"]
-    assert second.decision is not None and not second.decision.promote
-    assert champion_version() == trained["champion_before"]
+def test_permuted_labels_are_refused_and_the_champion_stays(trained):
+    """Negative control: with outcomes shuffled between clients the risk model's out-of-fold
+    logits do not rank the outcome; its calibration fails, so nothing is registered."""
     from mlflow.tracking import MlflowClient
 
-    mv = MlflowClient().get_model_version_by_alias("ontrack-not-risk", "candidate")
-    assert str(mv.version) == second.version
+    from training.registry import champion_version
+
+    assert "Platt slope" in str(trained["refused"]) and "refused" in str(trained["refused"])
+    assert champion_version() == trained["champion_before"]
+    versions = MlflowClient().search_model_versions("name='ontrack-not-risk'")
+    assert len(versions) == trained["versions_before"]
 
 
 def test_champion_loads_in_a_fresh_process_outside_the_repo(trained, tmp_path):

@@ -23,6 +23,7 @@ import structlog
 
 from features.contract import Cohort
 from features.pointintime import DEFAULT_AT, FEATURE_NAMES, FEATURE_VERSION
+from models.base import CalibrationError
 from models.expected_risk import ExpectedResponseRisk
 from models.neighbours import trajectory_matrix
 from training import plots
@@ -223,7 +224,7 @@ def _report_instrument(cohort: Cohort, rows: TrainingRows, settings: Settings, t
             doof = cross_validate(dev, "dropped_out", dname, settings, traj, progress=progress)
             dropout = comparison_table(dev, doof, target="dropped_out", n_boot=n_boot,
                                        seed=settings.seed)
-        except TooLittleDataError as err:
+        except (TooLittleDataError, CalibrationError) as err:
             notes.append(f"dropout model not trained: {err}")
     served = "gbm" if "gbm" in names else "logistic"
     report = InstrumentReport(
@@ -279,7 +280,9 @@ def _log_model_runs(report: InstrumentReport, dev: TrainingRows, extras: dict,
 def train(cohort: Cohort, data_path: Path | None, settings: Settings | None = None,
           instruments: list[str] | None = None, n_boot: int = 200, register_model: bool = True,
           permute_labels: bool = False, progress: Progress | None = None) -> TrainResult:
-    """Train, compare, log, register and gate. Raises `TooLittleDataError` below the minimum."""
+    """Train, compare, log, register and gate. Raises `TooLittleDataError` below the minimum
+    and `models.base.CalibrationError` when the risk model's calibration fails (nothing is
+    registered then)."""
     settings = settings or Settings()
     progress = progress or (lambda _msg: None)
     configure(EXPERIMENT)
