@@ -10,6 +10,19 @@ import pandas as pd
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_test_bundle_dir(tmp_path_factory) -> Path:
+    """One folder for the whole run, shared by the xdist workers (their base temporary
+    folders have a common parent): `tests.service_fixtures.shared_bundle` keeps the session's
+    fitted bundle there."""
+    from tests.service_fixtures import SHARED_DIR_ENV
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    os.environ[SHARED_DIR_ENV] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory) -> Path:
     """A throwaway SQLite MLflow store for the whole test session (never the repo's)."""

@@ -1,12 +1,17 @@
-"""Shared by tests/test_service*.py: a small seeded cohort, a fitted bundle registered in a
-temporary MLflow store (``ontrack-not-risk@champion``), and environment for the service.
+"""Shared by the service, web view, flag, EHR and scoring tests: ONE fitted test bundle per
+test session (`shared_bundle`: fitted once on a simulated cohort and shared by every xdist
+worker through a pickle under the session's base temporary folder), registered in each
+module's own temporary MLflow store (``ontrack-not-risk@champion``), and environment for the
+service.
 
 Tests may import training/; the service never does.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -15,43 +20,51 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+import cloudpickle
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "ontrack-not-risk"
 
 
-def make_cohort(out: Path, n: int = 1500, seed: int = 1) -> Path:
-    """PHQ-9 (+ item 9), GAD-7 and SRS per session; clinic; end status and age band."""
-    rng = np.random.default_rng(seed)
-    rows, clients = [], []
-    for i in range(n):
-        cid = f"T{i:05d}"
-        intake = int(rng.integers(8, 27))
-        slope = rng.normal(-3, 2.5)
-        last = int(rng.integers(2, 16))
-        drop = rng.random() < 0.25
-        clinic = f"k{rng.integers(0, 6)}"
-        alliance = rng.normal(34, 3)
-        for s in range(1, last + 1):
-            if s > 1 and rng.random() < 0.1:
-                continue
-            sc = int(np.clip(round(intake + slope * np.log(s) + rng.normal(0, 2.5)), 0, 27))
-            gad = int(np.clip(round(sc * 0.7 + rng.normal(0, 2)), 0, 21))
-            item9 = int(rng.random() < 0.05)
-            rows.append((cid, s, "PHQ-9", sc, clinic, item9))
-            rows.append((cid, s, "GAD-7", gad, clinic, None))
-            srs = float(np.clip(round(alliance + rng.normal(0, 1.5) - 0.1 * sc, 1), 0, 40))
-            rows.append((cid, s, "SRS", srs, clinic, None))
-        clients.append((cid, "dropout" if drop else "finished",
-                        str(rng.choice(["18-25", "26-35", "36-50", "51-65"]))))
-    out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=["client_id", "session", "instrument", "score", "clinic_id",
-                                "item_9"]).to_csv(out / "sessions.csv", index=False)
-    pd.DataFrame(clients, columns=["client_id", "end_status", "age_band"]).to_csv(
-        out / "clients.csv", index=False)
+#: The shared test bundle's cohort: simulated, fixed seed (`training.simulate`).
+SHARED_CLIENTS, SHARED_SEED = 1200, 3
+#: Where `shared_bundle` keeps the fitted bundle; set by tests/conftest.py for the session.
+SHARED_DIR_ENV = "ONTRACK_TEST_SHARED_DIR"
+
+
+def shared_cohort(out: Path) -> Path:
+    """The simulated cohort the shared bundle is fitted on (written to ``out``)."""
+    from training.simulate import simulate_cohort
+
+    if not (out / "sessions.csv").exists():
+        simulate_cohort(SHARED_CLIENTS, seed=SHARED_SEED, oracle_clients=0).write(out, "csv")
     return out
+
+
+def shared_bundle():
+    """The test session's one fitted bundle (PHQ-9 on `shared_cohort`). The first caller in
+    any xdist worker fits it under a file lock and pickles it; every other caller loads the
+    pickle, so the session fits it once."""
+    root = Path(os.environ[SHARED_DIR_ENV])
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "bundle.pkl"
+    with (root / "bundle.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not path.exists():
+                bundle = fit_bundle(shared_cohort(root / "cohort"))
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(cloudpickle.dumps(bundle))
+                tmp.replace(path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return pickle.loads(path.read_bytes())
+
+
+def shared_cohort_path() -> Path:
+    """The folder of the cohort `shared_bundle` was fitted on."""
+    shared_bundle()
+    return Path(os.environ[SHARED_DIR_ENV]) / "cohort"
 
 
 def fit_bundle(cohort_dir: Path, gbm: dict | None = None):
@@ -133,7 +146,7 @@ def served_service(root: Path, key_name: str, extra_env: dict[str, str] | None =
 
     from serving.auth import KeyStore
 
-    uri = register(fit_bundle(make_cohort(root / "cohort", n=1200, seed=3)), root / "mlflow")
+    uri = register(shared_bundle(), root / "mlflow")
     env = {**os.environ, **service_env(root, uri), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO), **(extra_env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -148,10 +148,9 @@ def test_a_clinic_budget_moves_the_threshold_monotonically():
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from tests.service_fixtures import fit_bundle, make_cohort
+    from tests.service_fixtures import shared_bundle
 
-    root = tmp_path_factory.mktemp("flag")
-    return fit_bundle(make_cohort(root / "cohort", n=1200, seed=3))
+    return shared_bundle()
 
 
 def frame(rows, items=None):

@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests.service_fixtures import REPO, environ, fit_bundle, make_cohort, register
+from tests.service_fixtures import REPO, environ, register, shared_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 def store(tmp_path_factory):
     """The test bundle registered as ontrack-not-risk@champion in a private store."""
     root = tmp_path_factory.mktemp("score")
-    uri = register(fit_bundle(make_cohort(root / "train", n=1500)), root / "mlflow")
+    uri = register(shared_bundle(), root / "mlflow")
     with environ({"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
                   "OMP_NUM_THREADS": "1"}):
         yield root, uri

@@ -27,11 +27,12 @@ from scipy.special import expit, logit
 from serving.schemas import EXAMPLE_INPUT, AssessRequest
 from tests.service_fixtures import (
     REPO,
+    SHARED_CLIENTS,
     environ,
-    fit_bundle,
-    make_cohort,
     register,
     service_env,
+    shared_bundle,
+    shared_cohort_path,
 )
 
 SENTINEL = "SENTINEL-c1d2e3f4-never-log-me"
@@ -41,8 +42,7 @@ SECRET = "test-secret-0123456789abcdef"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("service")
-    bundle = fit_bundle(make_cohort(root / "cohort", n=1500))
-    uri = register(bundle, root / "mlflow")
+    uri = register(shared_bundle(), root / "mlflow")
     values = {**service_env(root, uri), "ONTRACK_MAX_CLIENTS": "50",
               "ONTRACK_MAX_BODY_BYTES": "200000", "ONTRACK_AUDIT_SECRET": SECRET}
     with environ(values):
@@ -177,7 +177,7 @@ def test_the_course_so_far_is_what_was_expected_at_the_time(env):
     from serving.settings import ServingSettings
 
     bundle = load_from_registry(ServingSettings()).bundle
-    s = load_cohort(env / "cohort").sessions
+    s = load_cohort(shared_cohort_path()).sessions
     checked = 0
     for cid in s["client_id"].unique()[:40]:
         h = s[s["client_id"] == cid]
@@ -510,7 +510,7 @@ def test_model_card(client):
     assert inst["instrument"] == "PHQ-9" and 0 < inst["flag_policy"]["entry_threshold"] < 1
     assert "flagged after intake" in inst["flag_policy"]["description"]
     pop = inst["training_population"]
-    assert pop["n_clients"] == 1500 and pop["sessions"] == [1, 6]
+    assert pop["n_clients"] == SHARED_CLIENTS and pop["sessions"] == [1, 6]
     assert inst["validation"]["auroc"]["lo"] < inst["validation"]["auroc"]["hi"]
     assert inst["model_size"]["trees"] > 0
 

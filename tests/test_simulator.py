@@ -280,44 +280,18 @@ def test_a_worse_latest_score_never_lowers_the_oracle_risk(small_with_oracle):
     assert (worse > base).mean() >= 0.9
 
 
-@pytest.mark.slow
 def test_oracle_is_calibrated_and_not_beaten_by_a_fitted_model():
-    """50,000 fresh clients, oracle at session 3: calibration slope 0.95-1.05, and a gradient
-    boosting model fitted on half the data does not beat the oracle's Brier score beyond the
-    oracle's bootstrap 95% interval on the other half."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
+    """5,000 fresh clients, oracle at session 3: the calibration slope's 95% interval holds 1
+    and the slope is within 0.85-1.15, and a gradient boosting model fitted on half the data
+    does not beat the oracle's Brier score beyond the oracle's bootstrap 95% interval on the
+    other half. The 50,000-client run (slope within 0.95-1.05) is
+    ``benchmarks/validate_oracle.py``."""
+    from training.simulate.oracle_check import oracle_check
 
-    coh = simulate_cohort(50_000, seed=2024, oracle_clients=50_000, oracle_sessions=(3,),
-                          oracle_se=0.03, oracle_min_paths=96)
-    t, obs, lay = coh.truth, coh.observed, coh.layout
-    ok = (t["failed"].notna() & t["oracle_failure_s3"].notna()).to_numpy()
-    y = t["failed"].to_numpy()[ok]
-    p = np.clip(t["oracle_failure_s3"].to_numpy()[ok], 1e-4, 1 - 1e-4)
-    assert ok.sum() > 20_000
-    logit = np.log(p / (1 - p)).reshape(-1, 1)
-    slope = LogisticRegression(C=1e6, max_iter=1000).fit(logit, y).coef_[0, 0]
-    assert 0.95 <= slope <= 1.05, slope
-
-    def features(ix):
-        f = [obs.att[ix, :3], np.where(obs.phq[ix, :3] >= 0, obs.phq[ix, :3], np.nan),
-             np.where(obs.gad[ix, :3] >= 0, obs.gad[ix, :3], np.nan),
-             np.where(obs.srs[ix, :3, 0] >= 0, obs.srs[ix, :3].sum(axis=2) / 10, np.nan),
-             lay.age[ix, None], lay.gender[ix, None], lay.diag[ix, None],
-             (obs.option_slot[ix, None] < 3) & (obs.option_slot[ix, None] > 0)]
-        return np.column_stack(f).astype(float)
-
-    idx = np.flatnonzero(ok)
-    half = np.random.default_rng(0).random(len(idx)) < 0.5
-    model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=0)
-    model.fit(features(idx[half]), y[half])
-    q = model.predict_proba(features(idx[~half]))[:, 1]
-    yt, pt = y[~half], p[~half]
-    brier_model = np.mean((q - yt) ** 2)
-    rng = np.random.default_rng(1)
-    boot = [np.mean((pt[b] - yt[b]) ** 2) for b in
-            (rng.integers(0, len(yt), len(yt)) for _ in range(200))]
-    assert brier_model >= np.percentile(boot, 2.5), (brier_model, np.mean((pt - yt) ** 2))
+    r = oracle_check(5000)
+    assert r.n_scored > 2000
+    assert r.slope_lo <= 1.0 <= r.slope_hi and 0.85 <= r.slope <= 1.15, r
+    assert r.brier_model >= r.brier_oracle_lo, r
 
 
 # ------------------------------------------------------------------------------------------

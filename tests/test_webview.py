@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from tests.service_fixtures import environ, fit_bundle, make_cohort, register, service_env
+from tests.service_fixtures import environ, register, service_env, shared_bundle
 from tests.webview_fixtures import api_body, write_demo
 
 SECRET = "test-secret-0123456789abcdef"
@@ -38,7 +38,7 @@ def _clear_bentoml_collectors() -> None:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("webview")
-    uri = register(fit_bundle(make_cohort(root / "cohort", n=1200, seed=3)), root / "mlflow")
+    uri = register(shared_bundle(), root / "mlflow")
     demo = write_demo(root / "demo", n=100, seed=5)
     values = {**service_env(root, uri), "ONTRACK_AUDIT_SECRET": SECRET,
               "ONTRACK_DEMO_PATH": str(demo), "ONTRACK_DEMO_CLIENTS": "60"}
