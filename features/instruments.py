@@ -196,7 +196,7 @@ _ENTRIES: tuple[Instrument, ...] = (
         n_items=4, item_min=0, item_max=10, score_min=0, score_max=40,
         direction=Direction.HIGHER_IS_BETTER, integer_scores=False,
         cutoff=25, rci=5,
-        source="Miller & Duncan, PCOMS; OpenFIT knowledge base. Adult cut-off 25 "
+        source="Miller, Duncan, Brown, Sparks & Claud 2003, J Brief Therapy 2:91 (PCOMS); OpenFIT knowledge base. Adult cut-off 25 "
         "(32 for children/adolescents); RCI 5 (VERIFY)",
         verified=False,
         notes="Visual-analogue items measured in cm (0-10), so totals are not integers.",

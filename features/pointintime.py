@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from features.instruments import REGISTRY, Instrument, Role, get
+from features.thresholds import EARLY_SESSION  # early change: intake to the score at session 3
 
 #: 1.1.0: the clinical-support checklist items. 1.2.0: alliance features use the ratings of the
 #: sessions BEFORE t by default (a rating is given at the end of its session, after the
@@ -87,7 +88,6 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 DEFAULT_AT: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
-EARLY_SESSION = 3  # early change = intake to the latest score at or before this session
 _NS_PER_DAY = 86_400 * 10**9
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 

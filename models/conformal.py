@@ -64,6 +64,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from features.thresholds import BAND_COVERAGE
+
 #: Fewest calibration points per session before it is pooled with neighbouring sessions.
 #: OnTrack heuristic: with n points the coverage given the calibration set has SD about
 #: sqrt(0.9 * 0.1 / n) (Angelopoulos & Bates 2023, section 3.2): 2.1 points at n = 200.
@@ -106,7 +108,7 @@ class ConformalBand:
     integer scores tie at the margin), ``coverage_``, ``max_session_``, ``n_points_``.
     """
 
-    def fit(self, session, y, lower, upper, coverage: float = 0.90,
+    def fit(self, session, y, lower, upper, coverage: float = BAND_COVERAGE,
             min_cell: int = MIN_CELL, max_session: int = MAX_SESSION) -> ConformalBand:
         """Calibrate on points (session, observed score, served lower, served upper): one
         point per client and session, with the band known at the client's intake and the

@@ -43,6 +43,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from features.instruments import get
 from features.pointintime import expected_deviation
+from features.thresholds import BAND_COVERAGE  # the not-on-track boundary is its upper bound
 
 #: Column appended by `ExpectedDeviation`.
 DEVIATION_COLUMN = "expected_deviation"
@@ -120,7 +121,7 @@ class _CourseParameters:
 
     def __init__(self, instrument: str = "PHQ-9", n_strata: int = 5,
                  edges: Sequence[float] | None = None, min_stratum: int = 100,
-                 min_cell: int = 30, coverage: float = 0.90, max_session: int = 20,
+                 min_cell: int = 30, coverage: float = BAND_COVERAGE, max_session: int = 20,
                  session_window: int = 1):
         self.instrument = instrument
         self.n_strata = n_strata

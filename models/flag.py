@@ -41,14 +41,16 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from features.thresholds import (  # the policy's named thresholds, with their sources
+    BY_SESSION,
+    DEFAULT_BUDGET,
+    EXIT_MARGIN,
+    EXIT_SESSIONS,
+    RED_IN_A_ROW,
+)
+
 TRIGGERS: tuple[str, ...] = ("risk", "red_twice", "reliable_deterioration")
 STATES: tuple[str, ...] = ("none", "new", "continuing", "cleared")
-#: Default cumulative budget: share of eventual reliable improvers flagged by session 3.
-DEFAULT_BUDGET = 0.30  # OnTrack heuristic
-BY_SESSION = 3  # the horizon of the budget (Hannan et al. 2005 report flags by session 3)
-EXIT_MARGIN = 0.10  # exit threshold = entry - 0.10 (OnTrack heuristic)
-EXIT_SESSIONS = 2  # consecutive calm scores before a flag clears (OnTrack heuristic)
-FLIP_WINDOW = 3  # a re-flag within 3 sessions of clearing counts as a flip
 
 _RISK, _RED, _DET = 1, 2, 4  # trigger bits, in the order of TRIGGERS
 _WORDS = {
@@ -149,8 +151,11 @@ def replay(history: History, entry: float, exit: float,
         risk_hit = elig & (P >= entry)
         risk_calm = ~(P >= exit)  # NaN (no risk) is calm
     risk_hit[:, 0] = False  # no model flag at intake
-    red_twice = np.zeros_like(red)
-    red_twice[:, 1:] = red[:, 1:] & red[:, :-1] & elig[:, 1:]
+    red_twice = np.zeros_like(red)  # red at RED_IN_A_ROW consecutive sessions, the last eligible
+    k = RED_IN_A_ROW
+    red_twice[:, k - 1:] = elig[:, k - 1:]
+    for j in range(k):
+        red_twice[:, k - 1:] &= red[:, k - 1 - j:red.shape[1] - j]
     bits = (risk_hit * _RISK | red_twice * _RED | det * _DET).astype(np.int64)
     calm = valid & ~det & (~elig | (risk_calm & ~red))
 

@@ -43,6 +43,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from features.instruments import get
+from features.thresholds import BAND_COVERAGE  # the not-on-track boundary is its upper bound
 from models.base import FeatureContract, known_target, unpack_rows
 
 DEFAULT_MATCH_FEATURES: tuple[str, ...] = (
@@ -127,7 +128,7 @@ class NeighbourNavigator(FeatureContract, BaseEstimator):
     }
 
     def __init__(self, instrument: str = "PHQ-9", n_neighbors: int = 50,
-                 match_features: Sequence[str] | None = None, coverage: float = 0.90,
+                 match_features: Sequence[str] | None = None, coverage: float = BAND_COVERAGE,
                  max_session: int = 20, min_observed: int = 5, prior_strength: float = 1.0,
                  algorithm: str = "auto"):
         self.instrument = instrument

@@ -18,6 +18,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from features.instruments import REGISTRY, Instrument, Role, get
+from features.thresholds import (
+    CHANGE_APPROACH_FROM_SESSION,
+    DROPOUT_PROMPT,
+    GAP_PROMPT,
+    HIGH_SEVERITY,
+    LOST_GAIN_RC,
+    MEDICATION_FROM_SESSION,
+    MISSED_PROMPT,
+    STALL_FROM_SESSION,
+    STALL_RC,
+)
 from models.explain import TEMPLATES
 
 SOURCE = "clinical-support rules (Lambert ASC; Trier Treatment Navigator)"
@@ -62,29 +73,7 @@ PROMPTS = {
 }
 
 
-# ------------------------------------------------------------------------------------------
-# When a rule fires. Published where a source is named; the rest are OnTrack heuristics (set
-# by clinical judgement for prompts, not fitted or validated), listed in docs/recommender.md.
-# ------------------------------------------------------------------------------------------
-#: OnTrack heuristic: an estimated chance of ending care early from which engagement is raised.
-DROPOUT_PROMPT = 0.4
-#: OnTrack heuristic: missed sessions from which engagement is raised.
-MISSED_PROMPT = 2
-#: OnTrack heuristic: the largest jump between attended session numbers (1 = none missed)
-#: from which engagement is raised.
-GAP_PROMPT = 3
-#: A reliable amount of an earlier gain lost: one reliable-change unit (Jacobson & Truax 1991).
-LOST_GAIN_RC = 1.0
-#: OnTrack heuristic: "little change" is under half a reliable change, from this session on.
-STALL_RC, STALL_FROM_SESSION = 0.5, 4
-#: OnTrack heuristic: a medication review is raised for a client not on track from this session
-#: on, when the latest score is in the instrument's published severe band (`severe_from`).
-MEDICATION_FROM_SESSION = 4
-#: OnTrack heuristic, only for instruments without a published severe band: the worst 30% of
-#: the scale's range, worded as such (never called "severe").
-HIGH_SEVERITY = 0.7
-#: OnTrack heuristic: a change of approach is raised at a red signal from this session on.
-CHANGE_APPROACH_FROM_SESSION = 6
+# When a rule fires: named, sourced thresholds in `features.thresholds` (docs/thresholds.md).
 
 
 def _severe(inst: Instrument, severity: float) -> str | None:

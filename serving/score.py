@@ -44,16 +44,13 @@ from rich.table import Table
 
 from features.contract import CLIENTS_FILE, SESSIONS_FILE
 from features.partitions import Layout, ingest, part_name, read_layout
+from features.thresholds import MIN_REPORTED_CELL
 
 log = logging.getLogger("ontrack.score")
 
 DEFAULT_MODEL = "models:/ontrack-not-risk@champion"
 MANIFEST = "manifest.json"
 VIOLATIONS = "violations.csv"
-#: Clinic rows whose client count, or flagged or unflagged count, is 1-9 are suppressed in the
-#: flag-rate table (OnTrack heuristic following the small-number suppression of published
-#: NHS statistics: a count under 10 can identify a client).
-MIN_CELL = 10
 #: Clients per partition when a cohort is split here (OnTrack heuristic: a partition's
 #: assessment then holds about 1 GB on a worker).
 CLIENTS_PER_PARTITION = 10_000
@@ -246,7 +243,7 @@ def _map(client, fn, jobs: dict[int, tuple], bar: Progress, description: str, on
 # ------------------------------------------------------------------------------------------
 # The flag rate by clinic
 # ------------------------------------------------------------------------------------------
-def clinic_table(by_clinic: dict[str, list[int]], min_cell: int = MIN_CELL) -> list[dict]:
+def clinic_table(by_clinic: dict[str, list[int]], min_cell: int = MIN_REPORTED_CELL) -> list[dict]:
     """Clients, flagged and flag rate per clinic; a cell that would reveal a count of 1 to
     ``min_cell - 1`` (the clients, the flagged or the not flagged) reads "<10"."""
     rows = []

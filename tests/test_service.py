@@ -140,10 +140,11 @@ def test_every_feature_has_a_sentence(env):
     from serving.settings import ServingSettings
 
     bundle = load_from_registry(ServingSettings()).bundle
-    for m in bundle.models.values():
-        for est in (m.failure, m.dropout):
-            if est is not None and hasattr(est, "feature_names_"):
-                assert missing_templates(est.feature_names_) == []
+    fitted = [est for m in bundle.models.values() for est in (m.failure, m.dropout)
+              if est is not None]
+    assert fitted and all(hasattr(est, "feature_names_") for est in fitted)
+    for est in fitted:
+        assert missing_templates(est.feature_names_) == []
 
 
 def test_the_registered_bundle_is_typed_and_loads_the_same_everywhere(env):
@@ -680,7 +681,9 @@ def test_service_freezes_the_loaded_model_out_of_garbage_collection(client):
 
 
 def test_serving_never_imports_training():
-    for path in (REPO / "serving").glob("*.py"):
+    paths = sorted((REPO / "serving").rglob("*.py"))
+    assert REPO / "serving" / "webview" / "handlers.py" in paths  # the subpackages too
+    for path in paths:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
@@ -702,8 +705,7 @@ def test_import_has_no_side_effects(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=work, env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert not (tmp_path / "var").exists() and not (REPO / "var" / "never").exists()
-    assert np.isfinite(1.0)
+    assert not (tmp_path / "var").exists(), "importing created the key or audit store"
 
 
 def test_a_clinic_flag_budget_comes_from_the_settings(env):

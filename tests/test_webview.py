@@ -186,6 +186,7 @@ def test_client_page_matches_the_api(demo_browser, app, keys, env):
     from features.contract import read_table
 
     sessions = read_table(env.demo)
+    shown_risk = shown_drivers = 0
     for n in (0, 7):
         page = demo_browser.get(f"/ui/client/{n}").text
         cid = html.unescape(re.search(r"<h1>Client (.+?)</h1>", page).group(1))
@@ -202,11 +203,14 @@ def test_client_page_matches_the_api(demo_browser, app, keys, env):
         if a["risk"] is not None:
             assert f"{100 * a['risk']['p_failure']:.0f}%" in page
             assert a["risk"]["definition"] in text
+            shown_risk += 1
         for d in (a["explanation"] or {"drivers": []})["drivers"]:
             assert d["sentence"] in text
+            shown_drivers += 1
         for s in a["suggestions"]:
             assert s["prompt"] in text and s["rationale"] in text
         assert (a["agreement"] is None) or a["agreement"] in text
+    assert shown_risk and shown_drivers  # the branches above ran
 
 
 def test_safety_flag_shows_the_banner_first(demo_browser):

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from fairlearn.metrics import MetricFrame
 
-from training.metrics import METRICS, MIN_CELL, calibration_slope_intercept
+from features.thresholds import MIN_REPORTED_CELL
+from training.metrics import METRICS, calibration_slope_intercept
 
 #: Percentile bootstrap 95% interval, as `training.metrics.bootstrap` reports.
 CI_QUANTILES = [0.025, 0.975]
@@ -277,7 +278,7 @@ def _fairness(metrics: tuple[str, ...], y: np.ndarray, score: np.ndarray, flag: 
 
 
 def risk_fairness(y, p, flag, groups: pd.DataFrame, n_boot: int = 200, seed: int = 0,
-                  min_cell: int = MIN_CELL) -> FairnessResult:
+                  min_cell: int = MIN_REPORTED_CELL) -> FairnessResult:
     """Risk performance by subgroup: n, events, AUROC, calibration-in-the-large (intercept with
     the slope fixed at 1, ideal 0; `training.metrics.calibration_slope_intercept`), observed /
     expected ratio (ideal 1), flag rate, sensitivity and false-alarm rate of `flag`.
@@ -293,7 +294,7 @@ def risk_fairness(y, p, flag, groups: pd.DataFrame, n_boot: int = 200, seed: int
 
 
 def flag_fairness(flagged_by_s3, failed, groups: pd.DataFrame, n_boot: int = 200,
-                  seed: int = 0, min_cell: int = MIN_CELL) -> FairnessResult:
+                  seed: int = 0, min_cell: int = MIN_REPORTED_CELL) -> FairnessResult:
     """The flag policy by subgroup, one row per client: flag rate by session 3, sensitivity
     (share of eventual non-improvers, `failed` = 1, flagged by session 3) and false-alarm rate
     (share of eventual reliable improvers, `failed` = 0, flagged by session 3).

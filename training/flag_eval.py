@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 
 from features.targets import targets
+from features.thresholds import FLIP_WINDOW
 from models.flag import (
     BY_SESSION,
-    FLIP_WINDOW,
     FlagPolicy,
     History,
     Outcomes,

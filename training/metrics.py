@@ -15,7 +15,6 @@ import pandas as pd
 from scipy.stats import rankdata
 
 EPS = 1e-6
-MIN_CELL = 10  # subgroup cells smaller than this are suppressed
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ no ids.
 
 Modules:
 
-* `evidence`: the options, the minimum of similar cases, the interval levels, the Wilson
+* `evidence`: the options, the interval levels, the Wilson
   interval, the result records `LearnedSuggestion` and `Recommendation`;
 * `wording`: labels, prompts and the clinical-language helpers;
 * `propensity`: `PropensityModel`;
@@ -45,10 +45,10 @@ pickled when the package was a single module (``models.recommender.RLearnerUplif
 from __future__ import annotations
 
 from features.instruments import ADAPTATIONS
+from features.thresholds import MIN_SIMILAR
 from models.recommender.evidence import (
     CLAIM_WORDS,
     CLAIM_Z,
-    MIN_SIMILAR,
     OPTIONS,
     Z95,
     LearnedSuggestion,

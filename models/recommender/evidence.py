@@ -18,9 +18,6 @@ from models.recommender.wording import LABELS, PROMPTS, _ordinal, _pct
 
 #: Options at a decision point: no adaptation + the contract's adaptation codes.
 OPTIONS: tuple[str, ...] = ("none", *ADAPTATIONS)
-#: Fewest similar archived clients who received (and who did not receive) an adaptation for it
-#: to be suggested. An OnTrack heuristic: at least 10.
-MIN_SIMILAR = 10
 Z95 = 1.959963984540054
 #: z of the claims' simultaneous 95 % intervals: Bonferroni over the adaptations, two-sided
 #: (Phi^-1(1 - 0.05 / (2 * 6)) = 2.638): under no personalised gain at all, the chance that any

@@ -20,7 +20,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval
 
-from models.recommender.evidence import MIN_SIMILAR, Recommendation
+from features.thresholds import MIN_SIMILAR
+from models.recommender.evidence import Recommendation
 from models.recommender.similar import SIMILAR_CONSTRAINTS, _SimilarClients
 
 

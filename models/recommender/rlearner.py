@@ -27,10 +27,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from features.instruments import ADAPTATIONS
 from features.pointintime import CHECKLIST_FEATURES
+from features.thresholds import MIN_SIMILAR
 from models.recommender.evidence import (
     CLAIM_WORDS,
     CLAIM_Z,
-    MIN_SIMILAR,
     OPTIONS,
     Recommendation,
 )

@@ -32,9 +32,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from features.instruments import ADAPTATIONS, get
 from features.pointintime import CHECKLIST_FEATURES
+from features.thresholds import MIN_SIMILAR
 from models.explain import TEMPLATES
 from models.recommender.evidence import (
-    MIN_SIMILAR,
     OPTIONS,
     Z95,
     LearnedSuggestion,

@@ -28,8 +28,9 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from features.instruments import ADAPTATIONS, get
+from features.thresholds import MIN_SIMILAR
 from models.explain import TEMPLATES
-from models.recommender.evidence import MIN_SIMILAR, OPTIONS, Recommendation
+from models.recommender.evidence import OPTIONS, Recommendation
 from models.recommender.similar import SIMILAR_CONSTRAINTS, _codes, _query, _SimilarClients
 from models.recommender.wording import _clause
 
