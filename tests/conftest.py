@@ -44,21 +44,41 @@ def sim_cohort_dir(tmp_path_factory) -> Path:
 
 
 def small_other_instrument_cohort(out: Path, n_clients: int, seed: int = 5) -> Path:
-    """Clients on CORE-10 (not PHQ-9) with 4-5 weekly assessments, as a small clinic has."""
-    rng = np.random.default_rng(seed)
-    rows, clients = [], []
-    for i in range(n_clients):
-        cid = f"S{i:04d}"
-        intake = int(rng.integers(12, 36))
-        slope = rng.normal(-4.0, 3.5)
-        n = int(rng.integers(4, 6))
-        for s in range(1, n + 1):
-            score = int(np.clip(round(intake + slope * np.log(s) + rng.normal(0, 2.5)), 0, 40))
-            rows.append((cid, s, "CORE-10", score, f"c{i % 4}", int(rng.random() < 0.04)))
-        clients.append((cid, "finished" if rng.random() < 0.8 else "dropout"))
+    """A small clinic on CORE-10 (not PHQ-9) with at most 5 assessments per client: the
+    simulator's PHQ-9 courses re-expressed on CORE-10's 0-40 range (score * 40 / 27, rounded),
+    its risk item (item 6) from PHQ-9 item 9, the clients' end status as simulated."""
+    import shutil
+
+    from training.simulate import simulate_cohort
+
+    sim = out.parent / f"{out.name}-simulated"
+    simulate_cohort(n_clients, seed=seed, oracle_clients=0).write(sim, "csv")
+    sessions = pd.read_csv(sim / "sessions.csv")
+    phq = sessions[(sessions["instrument"] == "PHQ-9")].copy()
+    phq = phq[phq.groupby("client_id").cumcount() < 5]
+    core = pd.DataFrame({"client_id": phq["client_id"], "session": phq["session"],
+                         "instrument": "CORE-10",
+                         "score": np.rint(phq["score"] * 40 / 27).astype(int),
+                         "date": phq["date"], "clinic_id": phq["clinic_id"],
+                         "item_6": phq["item_9"].astype(int)})
+    clients = pd.read_csv(sim / "clients.csv")[["client_id", "end_status"]]
+    shutil.rmtree(sim)
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=["client_id", "session", "instrument", "score", "clinic_id",
-                                "item_6"]).to_csv(out / "sessions.csv", index=False)
-    pd.DataFrame(clients, columns=["client_id", "end_status"]).to_csv(out / "clients.csv",
-                                                                       index=False)
+    core.to_csv(out / "sessions.csv", index=False)
+    clients.to_csv(out / "clients.csv", index=False)
     return out
+
+
+#: Long tests that need no module-scoped fixture, run first so that two workers finish together
+#: (started last, one of them keeps a worker busy after the other has run out of tests).
+LONG_FIRST = (
+    "tests/test_smoke.py::test_main_flow_on_a_small_cohort_then_the_example_call",
+    "tests/test_simulator.py::test_oracle_is_calibrated_and_not_beaten_by_a_fitted_model",
+    "tests/test_fuzz.py::test_the_openapi_document_holds_for_generated_requests",
+    "tests/test_training.py::test_nhs_paired_target_is_a_training_choice",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {nodeid: k for k, nodeid in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))  # stable: the rest keep order

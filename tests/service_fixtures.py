@@ -100,18 +100,30 @@ def register(bundle, store: Path) -> str:
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     store.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{store / 'mlflow.db'}"
+    # mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into the environment: put both
+    # back afterwards, so that later tests in this worker keep their own store
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri(),
+              os.environ.get("MLFLOW_TRACKING_URI"))
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(uri, uri)
-    exp = client.create_experiment("service-tests",
-                                   artifact_location=(store / "artifacts").as_uri())
-    with mlflow.start_run(experiment_id=exp):
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=OnTrackModel(bundle),
-            code_paths=[str(REPO / "features"), str(REPO / "models")],
-            pip_requirements=model_requirements())
-    mv = mlflow.register_model(info.model_uri, MODEL_NAME)
-    client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
+    try:
+        client = MlflowClient(uri, uri)
+        exp = client.create_experiment("service-tests",
+                                       artifact_location=(store / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=exp):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=OnTrackModel(bundle),
+                code_paths=[str(REPO / "features"), str(REPO / "models")],
+                pip_requirements=model_requirements())
+        mv = mlflow.register_model(info.model_uri, MODEL_NAME)
+        client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+        if before[2] is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before[2]
     return uri
 
 

@@ -29,7 +29,9 @@ def test_ors_direction_golden():
 
 
 def test_nhs_paired_rules_golden():
-    """NHS Talking Therapies manual, worked on the published rules:
+    """Cases worked by hand on the published rules of the NHS Talking Therapies manual (the
+    manual states the rules, not worked cases: PHQ-9 caseness >= 10 and reliable change 6;
+    GAD-7 >= 8 and 4; recovery = at caseness at the start, on neither at the end):
     1. PHQ-9 16 -> 8, GAD-7 12 -> 6: recovery and reliable improvement = reliable recovery.
     2. PHQ-9 16 -> 11, GAD-7 12 -> 7: GAD-7 falls 5 (reliable), PHQ-9 still >= 10 -> reliable
        improvement, no recovery.

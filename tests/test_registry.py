@@ -1,6 +1,5 @@
 """The instrument registry holds every instrument of shared/reference/instruments.md."""
 
-import math
 
 import pytest
 
@@ -51,10 +50,34 @@ def test_unverified_values_are_flagged():
         assert REGISTRY[code].verified is False
 
 
-def test_jacobson_truax_formula():
-    """Jacobson & Truax 1991: RC threshold = 1.96 * sqrt(2) * SD * sqrt(1 - r)."""
-    assert jacobson_truax_rci(10.0, 0.75) == pytest.approx(1.96 * math.sqrt(2) * 10 * 0.5)
-    # BDI-II entry derived from Beck et al. 1996 outpatient SD 12.75, alpha .92.
+def test_reliable_change_of_a_published_worked_example():
+    """Wodrich, *School and Educational Assessment*, "How to calculate a reliable change index
+    (RCI)" (University of Arizona open textbook, back matter), from the Piers-Harris-2 manual
+    (Piers & Herzberg 2002): SEM 3.07, S_diff 4.34, RCI 1.96 x 4.34 = 8.51; a total that rises
+    from 24 to 35 (11 points) is a reliable change. The formula takes SD and reliability
+    (SEM = SD * sqrt(1 - r)), so the manual's SEM goes in as SD 3.07 with r = 0."""
+    assert jacobson_truax_rci(3.07, 0.0, z=1.0) == pytest.approx(4.34, abs=0.005)
+    assert jacobson_truax_rci(3.07, 0.0) == pytest.approx(8.51, abs=0.005)
+    assert 35 - 24 >= jacobson_truax_rci(3.07, 0.0)
+
+
+def test_the_single_client_example_of_jacobson_and_truax():
+    """Jacobson & Truax (1991), J Consult Clin Psychol 59:12, the single-client example as
+    transcribed in the ReliableTrendIndex R package (McAleavey; README and
+    data-raw/jt_example_data_1.R): pretest 47.5, posttest 32.5, S_diff 4.74, RC = 15 / 4.74 =
+    3.16 > 1.96, a reliable change. The published S_diff is what is checked; SD 7.5 (the
+    example's population SD) with reliability .80 are inputs that give it, the .80 not read
+    from the paper itself."""
+    s_diff = jacobson_truax_rci(7.5, 0.80, z=1.0)
+    assert s_diff == pytest.approx(4.74, abs=0.005)
+    assert (47.5 - 32.5) / s_diff == pytest.approx(3.16, abs=0.005)
+    assert 47.5 - 32.5 >= jacobson_truax_rci(7.5, 0.80)
+
+
+def test_the_bdi_ii_threshold_follows_from_its_published_sd_and_reliability():
+    """BDI-II: outpatient SD 12.75 and alpha .92 (Beck, Steer & Brown 1996) give a reliable
+    change of 1.96 * sqrt(2) * 12.75 * sqrt(.08) = 10.0 points."""
+    assert jacobson_truax_rci(12.75, 0.92) == pytest.approx(9.996, abs=0.001)
     assert get("BDI-II").rci == pytest.approx(10.0, abs=0.05)
 
 

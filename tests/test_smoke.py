@@ -26,8 +26,11 @@ def test_main_flow_on_a_small_cohort_then_the_example_call(tmp_path):
            "ONTRACK_DEMO_PATH": str(tmp_path / "demo" / "sessions.csv"), "COLUMNS": "200"}
     env.pop("MLFLOW_TRACKING_URI", None)
     port = free_port()
+    # fewer bootstrap resamples and oracle clients than `make run`: the flow is the same, the
+    # intervals wider (the oracle costs about 27 ms of compute per client)
     cmd = [sys.executable, "-m", "training.cli", "demo", "--clients", "800", "--seed", "3",
-           "--out", str(tmp_path / "demo"), "--port", str(port)]
+           "--out", str(tmp_path / "demo"), "--port", str(port), "--bootstrap", "20",
+           "--oracle-clients", "150"]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []

@@ -23,11 +23,13 @@ FAST = Settings(seed=0, n_folds=3, n_neighbors=30, gbm={"n_estimators": 60})
 
 
 @pytest.fixture(autouse=True)
-def _this_sessions_store(mlflow_store):
+def _this_sessions_store(mlflow_store, monkeypatch):
     """Point MLflow at this test session's store before every test: other test modules in
-    the same worker (service, web view) set the process-wide tracking URI to their own."""
+    the same worker (service, web view) set the process-wide tracking URI to their own, and
+    mlflow.set_tracking_uri writes it into MLFLOW_TRACKING_URI, which would win."""
     from training.tracking import configure
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     configure()
 
 
@@ -253,7 +255,6 @@ def test_compare_prints_a_leaderboard_and_writes_a_report(trained, tmp_path):
 
 
 def test_external_validation_of_the_champion_without_retraining(trained, tmp_path):
-    from tests.conftest import small_other_instrument_cohort  # noqa: F401  (fixture module)
     from training.simulate import simulate_cohort
 
     other = tmp_path / "other"

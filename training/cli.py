@@ -443,6 +443,11 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where the demo cohort goes.")] = Path("data/demo"),
     serve: Annotated[bool, typer.Option(help="Start the service at the end.")] = True,
     port: Annotated[int | None, typer.Option(help="Port for the service.")] = None,
+    bootstrap: Annotated[int, typer.Option(
+        help="Bootstrap resamples for the intervals of the training report.", min=20)] = 100,
+    oracle_clients: Annotated[int | None, typer.Option(
+        help="Simulated clients given the Bayes oracle's probabilities (the ceiling the "
+             "models are compared with); default: all, at most 2,000.", min=0)] = None,
 ) -> None:
     """The main job: simulate a cohort, validate it, train and compare the models, register the
     bundle (champion through the gate), and serve it with the web view."""
@@ -455,7 +460,8 @@ def demo(
         console.print(f"using the simulated cohort already in {out} (delete it to re-simulate)")
     else:
         simulate(clients=clients, seed=seed, out=out, format="csv",
-                 oracle_clients=min(clients, 2000))
+                 oracle_clients=min(clients, 2000) if oracle_clients is None
+                 else min(oracle_clients, clients))
     cohort, report = load_or_exit(out)
     print_report(report)
     for table in outcome_tables(cohort):
@@ -463,7 +469,8 @@ def demo(
     with _progress() as bar:
         task = bar.add_task("training", total=None)
         result = run_training(cohort, out, Settings(seed=seed), instruments=None,
-                              n_boot=100, progress=lambda m: bar.update(task, description=m))
+                              n_boot=bootstrap,
+                              progress=lambda m: bar.update(task, description=m))
         bar.update(task, description="done")
     print_training_report(result)
     if not serve:
