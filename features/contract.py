@@ -482,24 +482,27 @@ def validate_frames(sessions: pd.DataFrame, clients: pd.DataFrame | None = None,
         typed_bad = {(v.row, v.column) for v in shape}
         report.extend(v for v in check_sessions(sessions)
                       if (v.row, v.column) not in typed_bad)
-    if clients is None:
-        clients = pd.DataFrame({"client_id": pd.Series(dtype="string"),
-                                "end_status": pd.Series(dtype="string")})
-    else:
-        report.n_rows["clients"] = len(clients)
-        clients, shape = _coerce(clients, CLIENTS_SCHEMA, "clients")
-        report.extend(shape)
-        if not shape:
-            report.extend(_check_clients(clients, sessions))
-    if adaptations is None:
-        adaptations = pd.DataFrame({c: pd.Series(dtype="string") for c in ADAPTATION_REQUIRED})
-    else:
-        report.n_rows["adaptations"] = len(adaptations)
-        adaptations, shape = _coerce(adaptations, ADAPTATIONS_SCHEMA, "adaptations")
-        report.extend(shape)
-        if not shape:
-            report.extend(_check_adaptations(adaptations, sessions))
+    clients = _optional_table(clients, "clients", CLIENTS_SCHEMA, CLIENT_REQUIRED,
+                              _check_clients, sessions, report)
+    adaptations = _optional_table(adaptations, "adaptations", ADAPTATIONS_SCHEMA,
+                                  ADAPTATION_REQUIRED, _check_adaptations, sessions, report)
     return Cohort(sessions, clients, adaptations), report
+
+
+def _optional_table(table: pd.DataFrame | None, name: str, schema: pa.DataFrameSchema,
+                    empty_columns: tuple[str, ...],
+                    check, sessions: pd.DataFrame, report: ValidationReport
+                    ) -> pd.DataFrame:
+    """A table a cohort may leave out (clients, adaptations): typed, and its rules checked
+    against the sessions once its types hold; an empty table of the right columns if absent."""
+    if table is None:
+        return pd.DataFrame({c: pd.Series(dtype="string") for c in empty_columns})
+    report.n_rows[name] = len(table)
+    table, shape = _coerce(table, schema, name)
+    report.extend(shape)
+    if not shape:
+        report.extend(check(table, sessions))
+    return table
 
 
 def _rows(mask: np.ndarray) -> np.ndarray:

@@ -222,7 +222,10 @@ _ALWAYS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-re
 _STRICT_CSP = b"default-src 'none'; frame-ancestors 'none'"
 
 
-class SecurityHeaders:
+class _HttpOnly:
+    """An ASGI middleware that acts on HTTP requests only (`http`) and passes every other
+    scope (lifespan, websocket) straight through."""
+
     def __init__(self, app) -> None:
         self.app = app
 
@@ -230,6 +233,14 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.http(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class SecurityHeaders(_HttpOnly):
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         post = scope.get("method") == "POST"
 
         async def with_headers(message: MutableMapping[str, Any]) -> None:
@@ -294,17 +305,11 @@ class ReadinessGate:
             b"application/fhir+json" if fhir else PROBLEM_MEDIA.encode())
 
 
-class FrameworkErrors:
+class FrameworkErrors(_HttpOnly):
     """The server's own plain-text refusals (no such route, method not allowed, outside any
     route's own handler) rewritten as problem details, so every 4xx has the one shape."""
 
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         held: dict[str, Any] = {}
 
         async def rewrite(message: MutableMapping[str, Any]) -> None:

@@ -23,6 +23,28 @@ def _shared_test_bundle_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uri_put_back():
+    """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into the environment, where it wins
+    over ONTRACK_MLFLOW_DIR (`models.registry.tracking_uri`): a test that points MLflow at a
+    store of its own must not leave later tests in the same worker (or module-scoped fixtures
+    set up before their function fixtures) writing there. Put the variable back after each."""
+    import sys
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") == before:
+        return
+    if "mlflow" in sys.modules:  # MLflow's process-wide setting and the variable together
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # None clears both
+    elif before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory) -> Path:
     """A throwaway SQLite MLflow store for the whole test session (never the repo's)."""

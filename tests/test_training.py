@@ -37,8 +37,11 @@ def _this_sessions_store(mlflow_store, monkeypatch):
 def trained(mlflow_store, sim_cohort_dir):
     """Train once (real labels) -> version 1; then with permuted labels (refused)."""
     from training.registry import champion_version, set_champion
+    from training.tracking import configure
     from training.train import train
 
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # set up before `_this_sessions_store`
+    configure()
     cohort = load_cohort(sim_cohort_dir)
     first = train(cohort, sim_cohort_dir, FAST, instruments=["PHQ-9"], n_boot=30)
     if champion_version() is None:  # the small cohort may not clear the gate: force it here
