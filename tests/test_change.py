@@ -13,12 +13,13 @@ from features.instruments import REGISTRY
 def test_phq9_reliable_improvement_golden():
     """NHS Talking Therapies manual: a PHQ-9 fall of 6 or more points is reliable improvement;
     caseness is >= 10. 18 -> 12 is reliable but still at caseness; 15 -> 9 recovers; 15 -> 10
-    is unchanged (a fall of 5); 8 -> 14 is reliable deterioration."""
-    pre = [18, 15, 15, 8]
-    post = [12, 9, 10, 14]
+    is unchanged (a fall of 5); 8 -> 14 is reliable deterioration; at the boundary, 16 -> 10 is
+    reliable but still at caseness (10 is a case) and 16 -> 9 recovers."""
+    pre = [18, 15, 15, 8, 16, 16]
+    post = [12, 9, 10, 14, 10, 9]
     assert list(classify(pre, post, "PHQ-9")) == [
         Change.RELIABLY_IMPROVED, Change.RECOVERED, Change.UNCHANGED,
-        Change.RELIABLY_DETERIORATED]
+        Change.RELIABLY_DETERIORATED, Change.RELIABLY_IMPROVED, Change.RECOVERED]
 
 
 def test_ors_direction_golden():

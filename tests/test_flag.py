@@ -307,5 +307,14 @@ def test_safety_always_wins_over_reassurance_in_a_large_simulated_run(bundle):
             assert not _REASSURE.search(text), text
     for a in flagged:
         assert a.suggestions[0].adaptation == "safety"
+    # where the safety clause holds the colour, it names what was seen and when
+    held = [a for a in endorsed if "risk item" in a.signal.reason]
+    assert len(held) > 200
+    for a in held:
+        if a.safety.status == "flag":
+            said = f"a risk item was answered above zero at session {a.safety.assessed_session}"
+        else:
+            said = f"a risk item was endorsed at session {a.safety.last_endorsed['session']}"
+        assert said in a.signal.reason, a.signal.reason
     # and without a risk item the same clients may be white: the check is not vacuous
     assert any(a.signal.colour == "white" for a in out if a.safety.last_endorsed is None)
