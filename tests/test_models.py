@@ -1,9 +1,8 @@
 """Tests for models/: estimator contract, behaviour (directional, invariance), exact
 explanations, neighbour self-exclusion, signal rules and the minimum-data guard.
 
-The cohort is a small seeded synthetic one made here (PHQ-9 + SRS sessions turned into
-point-in-time rows by `features.pointintime.point_in_time`); the project's simulator is not
-needed.
+The cohort is a small simulated one (the simulator's PHQ-9 and SRS sessions turned into
+point-in-time rows by `features.pointintime.point_in_time`).
 """
 
 from __future__ import annotations
@@ -26,26 +25,15 @@ from models.signal import signal
 
 
 # ---------------------------------------------------------------------------------------------
-# Synthetic cohort
+# Simulated cohort
 # ---------------------------------------------------------------------------------------------
-def _sessions(n: int, seed: int, max_len: int = 12) -> pd.DataFrame:
-    """PHQ-9 courses on intake - rate * log(session) + noise, with an SRS that tracks the rate."""
-    rng = np.random.default_rng(seed)
-    cid, ses, ins, sc = [], [], [], []
-    for c in range(n):
-        intake = int(rng.integers(10, 28))
-        rate = rng.normal(3.0, 2.5)
-        alliance = rng.normal(36.0, 3.0)
-        for s in range(1, int(rng.integers(3, max_len + 1)) + 1):
-            phq = intake if s == 1 else np.clip(np.rint(intake - rate * np.log(s)
-                                                        + rng.normal(0, 2.0)), 0, 27)
-            srs = np.clip(alliance + 0.4 * rate + rng.normal(0, 1.0), 0, 40)
-            cid += [f"client-{c:04d}"] * 2
-            ses += [s, s]
-            ins += ["PHQ-9", "SRS"]
-            sc += [float(phq), round(float(srs), 1)]
-    return pd.DataFrame({"client_id": pd.array(cid, dtype="string"), "session": ses,
-                         "instrument": pd.array(ins, dtype="string"), "score": sc})
+def _sessions(n: int, seed: int) -> pd.DataFrame:
+    """A simulated cohort's PHQ-9 and SRS sessions (the simulator, without the oracle)."""
+    from training.simulate import simulate_cohort
+
+    s = simulate_cohort(n, seed=seed, oracle_clients=0).sessions
+    s = s[s["instrument"].isin(["PHQ-9", "SRS"])]
+    return s[["client_id", "session", "instrument", "score"]].reset_index(drop=True)
 
 
 def _cohort(n: int, seed: int):
@@ -57,7 +45,7 @@ def _cohort(n: int, seed: int):
 
 @pytest.fixture(scope="module")
 def cohort():
-    return _cohort(360, seed=1)
+    return _cohort(450, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +114,9 @@ def test_expected_response_fits_whole_courses_from_a_trajectory_matrix(cohort):
     _, _, sessions = cohort
     points = trajectory_points(trajectory_matrix(sessions))
     phq = sessions[sessions["instrument"] == "PHQ-9"]
-    assert len(points) == len(phq) and points["session"].max() == 12
+    assert len(points) == len(phq) and points["session"].max() == phq["session"].max()
     model = ExpectedResponse().fit(points)
-    assert model.max_fitted_session_ == 12
+    assert model.max_fitted_session_ == phq["session"].max()  # later ones are extrapolated
     assert model.course(20.0, [10])["median"].iloc[0] < 20.0
 
 
@@ -225,8 +213,11 @@ def test_too_few_clients_raises_with_the_numbers(cohort):
     few = ff.keys["client_id"].isin(ff.keys["client_id"].unique()[:120]).to_numpy()
     with pytest.raises(InsufficientDataError) as err:
         GBMRisk().fit(ff.X[few], y[few], ff.keys["client_id"][few])
-    assert "120" in str(err.value) and str(MIN_TRAINING_CASES) in str(err.value)
-    assert (err.value.n_cases, err.value.minimum) == (120, 300)
+    ids, known = ff.keys["client_id"][few], np.isfinite(y[few])
+    n_known = ids[known].nunique()  # the simulator's dropouts have no known outcome
+    assert 0 < n_known < MIN_TRAINING_CASES
+    assert str(n_known) in str(err.value) and str(MIN_TRAINING_CASES) in str(err.value)
+    assert (err.value.n_cases, err.value.minimum) == (n_known, 300)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +320,7 @@ def test_signal_without_a_course_or_cutoff():
 
 
 def test_logistic_contributions_sum_to_the_logit():
-    ff, y, _ = _cohort(400, 3)
+    ff, y, _ = _cohort(500, 3)
     m = LogisticRisk().fit(ff, y)
     phi = m.contributions(ff.X)
     assert phi.shape == (len(ff.X), len(m.feature_names_) + 1)
@@ -341,7 +332,7 @@ def test_brute_force_and_tree_neighbours_agree():
     """A request's few rows use NumPy brute force; batches use the tree: the same neighbours
     in the same order, ties included (at intake many clients share their scores, and two
     points at the same distance can differ in the last bit depending on how it is summed)."""
-    ff, y, sessions = _cohort(400, 9)
+    ff, y, sessions = _cohort(500, 9)
     nav = NeighbourNavigator(n_neighbors=20).fit(ff, y, trajectories=trajectory_matrix(sessions))
     Xq = ff.X.iloc[:300]
     d_big, i_big = nav.kneighbors(Xq)  # 300 rows: the tree path

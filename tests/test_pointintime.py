@@ -46,37 +46,10 @@ def frame(rows: list[tuple], items: dict[int, dict[str, float]] | None = None) -
 
 
 def cohort(n_clients: int, seed: int = 0) -> pd.DataFrame:
-    """Seeded synthetic cohort: PHQ-9 (+ item 9), GAD-7 and SRS, missed sessions, dates."""
-    rng = np.random.default_rng(seed)
-    length = rng.integers(1, 13, n_clients)
-    client = np.repeat(np.arange(n_clients), length)
-    session = np.arange(len(client)) - np.repeat(np.cumsum(length) - length, length) + 1
-    keep = (session == 1) | (rng.random(len(client)) > 0.15)
-    client, session = client[keep], session[keep]
-    k = len(client)
-    phq = np.clip(np.round(rng.normal(16, 5, n_clients)[client] - 2 * np.log(session)
-                           + rng.normal(0, 2, k)), 0, 27)
-    gad = np.clip(np.round(phq * 0.7 + rng.normal(0, 2, k)), 0, 21)
-    srs = np.clip(np.round(rng.normal(35, 3, k), 1), 0, 40)
-    has_gad, has_srs = rng.random(k) > 0.2, rng.random(k) > 0.3
-    item9 = np.where(rng.random(k) < 0.1, rng.integers(0, 4, k).astype(float), 0.0)
-    item9[rng.random(k) < 0.1] = np.nan
-    date = (np.datetime64("2024-01-01", "ns") + rng.integers(0, 200, n_clients)[client]
-            * np.timedelta64(1, "D") + (session - 1) * np.timedelta64(7, "D"))
-    ids = np.array([f"c{i:05d}" for i in client], dtype=object)
-    parts = [
-        pd.DataFrame({"client_id": ids, "session": session, "instrument": "PHQ-9",
-                      "score": phq, "date": date, "item_9": item9}),
-        pd.DataFrame({"client_id": ids[has_gad], "session": session[has_gad],
-                      "instrument": "GAD-7", "score": gad[has_gad], "date": date[has_gad]}),
-        pd.DataFrame({"client_id": ids[has_srs], "session": session[has_srs],
-                      "instrument": "SRS", "score": srs[has_srs], "date": date[has_srs]}),
-    ]
-    df = pd.concat(parts, ignore_index=True).sort_values(["client_id", "session"], kind="stable")
-    df["client_id"] = df["client_id"].astype("string")
-    df["session"] = df["session"].astype("Int64")
-    df["instrument"] = df["instrument"].astype("string")
-    return df.reset_index(drop=True)
+    """A simulated cohort's sessions: PHQ-9 (+ item 9), GAD-7 and SRS, missed sessions, dates."""
+    from training.simulate import simulate_cohort
+
+    return simulate_cohort(n_clients, seed=seed, oracle_clients=0).sessions
 
 
 def by_key(ff) -> pd.DataFrame:
