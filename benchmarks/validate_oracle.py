@@ -1,6 +1,6 @@
 """The simulator's oracle on 50,000 fresh clients (about 10-15 minutes on 2 cores): calibration
 slope within 0.95-1.05 and not beaten by a fitted model beyond its bootstrap interval. The test
-suite runs the same check on 5,000 clients (`training.simulate.oracle_check`).
+suite runs the same check on 2,500 clients (`training.simulate.oracle_check`).
 
     uv run python benchmarks/validate_oracle.py [--clients 50000]
 """
