@@ -4,7 +4,7 @@ beaten by a model fitted on data drawn from the same simulator.
 `oracle_check` simulates ``n_clients`` with the oracle at session 3, fits a calibration slope
 of the outcome on the oracle's logit (1 = calibrated) with its Wald 95% interval, and fits a
 gradient-boosting model on half the clients: its Brier score on the other half must not fall
-below the oracle's bootstrap 95% interval. The test suite runs it on 2,500 clients (about 20 s on 2 cores);
+below the oracle's bootstrap 95% interval. The test suite runs it on 2,500 clients (25-40 s on 2 cores);
 ``benchmarks/validate_oracle.py`` on 50,000 (the slope within 0.95-1.05 there).
 May import the simulator and scientific libraries only.
 """
