@@ -377,6 +377,23 @@ def test_the_champions_record_carries_its_metrics_with_the_dataset_digest(traine
     assert model_id in set(models["model_id"])
 
 
+def test_the_subgroup_tables_are_mlflow_artifacts_of_the_run(trained):
+    """The fairness tables (risk and the flag policy, with their largest gaps) are logged on
+    the training run as MLflow tables, and hold what the training report holds."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    version = trained["first"].version
+    run_id = MlflowClient().get_model_version("ontrack-not-risk", version).run_id
+    report = trained["first"].reports["PHQ-9"]
+    for name, res in (("subgroups", report.subgroups), ("flag_subgroups", report.flag_subgroups)):
+        assert res is not None, name
+        for suffix, frame in (("", res.table), ("_gaps", res.gaps)):
+            logged = mlflow.load_table(f"tables/{name}{suffix}_PHQ-9.json", run_ids=[run_id])
+            assert len(logged) == len(frame) > 0, (name, suffix)
+            assert set(frame.columns) <= set(logged.columns) | {"run_id"}
+
+
 def test_a_small_cohort_on_another_instrument_gets_a_too_small_section(trained, tmp_path):
     from pathlib import Path
 
